@@ -1,0 +1,102 @@
+//! Leased, fenced distributed locks: the core of dlock.
+//!
+//! This crate holds what every backend shares:
+//!
+//! - [`LeaseStore`], the small trait a backend implements: one atomic
+//!   conditional operation per method, no sleeping, no retrying;
+//! - [`Locker`] and [`Lock`], the users' traits, and [`LockGuard`], a held
+//!   lock;
+//! - [`LeaseLocker`], the generic locker implementing [`Locker`] for every
+//!   store: one background task per locker renews all held leases in
+//!   batches, fires warnings and expiries from one timer queue, and releases
+//!   dropped guards;
+//! - [`LockerOptions`], [`FencingToken`], [`LockError`] and [`StoreError`];
+//! - [`MemoryStore`], the reference store.
+//!
+//! # Examples
+//!
+//! ```
+//! use std::time::Duration;
+//! use lock_core::{LeaseLocker, Locker, LockerOptions, MemoryStore};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), lock_core::LockError> {
+//! let options = LockerOptions::builder()
+//!     .owner("report-worker")
+//!     .lease(Duration::from_secs(30))
+//!     .build()?;
+//! let locker = LeaseLocker::new(MemoryStore::new(), options)?;
+//!
+//! let guard = locker.lock("nightly-report", Duration::from_secs(5)).await?;
+//! let token = guard.fencing_token().expect("fencing is on by default");
+//! println!("writing the report with fencing token {token}");
+//! guard.unlock().await?;
+//! locker.close().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # What a lock guarantees, and what it does not
+//!
+//! Expiry is decided by the store's clock alone; no two machines' clocks are
+//! ever compared. The holder keeps a conservative local deadline on its own
+//! monotonic clock, counted from the moment the acquire or renew request was
+//! **sent**:
+//!
+//! ```text
+//! deadline = t_send + ttl_applied * (1 - drift) - margin
+//! ```
+//!
+//! so, as long as the clocks' rates differ by less than `drift`, the holder
+//! gives up before the store lets anyone else in. A second deadline on the
+//! boot clock (which keeps counting through system suspend) covers laptops
+//! and VMs that sleep.
+//!
+//! That still does not make a lease lock safe on its own: a holder paused
+//! longer than its lease (GC, swapping, `SIGSTOP`, an executor blocked by a
+//! long synchronous call, a suspended VM) can act after someone else took
+//! over, because it cannot notice its own pause. Only a resource that checks
+//! [fencing tokens](FencingToken) is safe against that: pass the token with
+//! every write and have the resource refuse tokens smaller than the largest
+//! it has accepted (see [`FencingToken`] for the recipe). Run lockers on a
+//! multi-threaded runtime so that the renewal task is not starved by other
+//! work.
+//!
+//! # Differences from the library dlock descends from
+//!
+//! - No synchronized clocks and no "max clock skew": takeover waits only for
+//!   the store's own expiry.
+//! - Fencing is on by default (off only on request), tokens are arbitrary
+//!   precision and strictly increase across release, expiry and takeover.
+//! - Unlock reports store errors (the lock counts as released either way)
+//!   and is cancel-safe; dropping a guard releases it in the background.
+//! - Warnings re-arm after renewals recover, and a status watch and
+//!   `expiring()` / `lost()` futures sit beside the warning receiver.
+//! - Waiting for a lock ([`Locker::lock`]) is built in, woken by the store's
+//!   change notifications.
+#![forbid(unsafe_code)]
+
+mod clock;
+mod error;
+mod guard;
+mod lease;
+mod locker;
+mod memory;
+mod options;
+mod scheduler;
+mod state;
+mod store;
+mod token;
+
+pub use error::{LockError, StoreError, StoreErrorKind};
+pub use guard::{Lock, LockGuard, Warnings};
+pub use lease::{
+    AcquireOutcome, AcquireRequest, Capabilities, Fencing, Grant, Holder, LeaseId, LeaseInfo,
+    ParseLeaseIdError, ReleaseOutcome, RenewEntry, RenewOutcome,
+};
+pub use locker::{LeaseLocker, Locker};
+pub use memory::MemoryStore;
+pub use options::{LockerOptions, LockerOptionsBuilder, MAX_KEY_LEN, MAX_OWNER_LEN};
+pub use state::LockStatus;
+pub use store::LeaseStore;
+pub use token::{FencingToken, ParseTokenError};
