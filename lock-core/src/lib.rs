@@ -74,6 +74,16 @@
 //!   `expiring()` / `lost()` futures sit beside the warning receiver.
 //! - Waiting for a lock ([`Locker::lock`]) is built in, woken by the store's
 //!   change notifications.
+//!
+//! # Observability
+//!
+//! `tracing` events for acquisition, takeover, renewal failure, warning,
+//! loss and release (targets under `lock_core`). With the `metrics` feature,
+//! counters and store-latency histograms go to the `metrics` facade:
+//! `dlock_acquire_total{outcome}`, `dlock_takeover_total`,
+//! `dlock_renew_calls_total{outcome}`, `dlock_lost_total{reason}`,
+//! `dlock_warnings_total`, `dlock_release_total{outcome}` and
+//! `dlock_store_seconds{op}`.
 #![forbid(unsafe_code)]
 
 mod clock;
@@ -82,6 +92,7 @@ mod guard;
 mod lease;
 mod locker;
 mod memory;
+mod observe;
 mod options;
 mod scheduler;
 mod state;

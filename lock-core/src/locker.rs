@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use crate::clock::Clock;
 use crate::guard::Link;
+use crate::observe;
 use crate::scheduler::{self, Command, SchedulerHandle};
 use crate::state::{LockIdentity, LockState, SharedState};
 use crate::{
@@ -320,7 +321,9 @@ impl<S: LeaseStore> Core<S> {
                 .with_key(&key),
             ));
         }
+        observe::count("dlock_acquire_total", "outcome", "acquired");
         if let Some(previous) = &grant.previous_owner {
+            observe::count("dlock_takeover_total", "", "");
             tracing::info!(id, previous_owner = %previous, "took over an expired lease");
         }
         let serial = self.serials.fetch_add(1, Ordering::Relaxed);
@@ -406,7 +409,8 @@ impl<S: LeaseStore> Link for Core<S> {
         state: &'a LockState,
     ) -> BoxFuture<'a, Result<ReleaseOutcome, StoreError>> {
         Box::pin(async move {
-            match tokio::time::timeout(
+            let start = Instant::now();
+            let result = match tokio::time::timeout(
                 self.options.store_timeout(),
                 self.store
                     .release(&state.key, state.lease_id, self.options.fencing()),
@@ -415,7 +419,10 @@ impl<S: LeaseStore> Link for Core<S> {
             {
                 Ok(result) => result,
                 Err(_) => Err(StoreError::timeout("release timed out").with_key(&state.key)),
-            }
+            };
+            observe::store_latency("release", start.elapsed());
+            observe::count_release(&result);
+            result
         })
     }
 }

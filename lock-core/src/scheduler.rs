@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tokio_util::time::{DelayQueue, delay_queue};
 
 use crate::clock::{Clock, Stamp};
+use crate::observe;
 use crate::state::{Renewal, SharedState, TimerEvent};
 use crate::{LeaseId, LeaseStore, LockerOptions, RenewEntry, RenewOutcome, StoreError};
 
@@ -233,7 +234,15 @@ impl<S: LeaseStore> Scheduler<S> {
         let timeout = self.options.store_timeout();
         let fencing = self.options.fencing();
         self.releases.push(Box::pin(async move {
-            let result = tokio::time::timeout(timeout, store.release(&key, lease_id, fencing)).await;
+            let start = Instant::now();
+            let release = store.release(&key, lease_id, fencing);
+            let result = tokio::time::timeout(timeout, release).await;
+            observe::store_latency("release", start.elapsed());
+            if let Ok(result) = &result {
+                observe::count_release(result);
+            } else {
+                observe::count("dlock_release_total", "outcome", "error");
+            }
             match result {
                 Ok(Ok(outcome)) => {
                     tracing::debug!(key = %key, ?outcome, "background release");
@@ -256,8 +265,13 @@ impl<S: LeaseStore> Scheduler<S> {
         let Some(tracked) = self.tracked.get_mut(&serial) else {
             return;
         };
+        let warnings_before = tracked.state.warn_seq();
         match tracked.state.on_timer(now) {
             TimerEvent::Next(at) => {
+                if tracked.state.warn_seq() > warnings_before {
+                    observe::count("dlock_warnings_total", "", "");
+                    tracing::warn!(id = %tracked.state.id, "lock expiring: renewals are failing");
+                }
                 if tracked.state.warn_seq() > 0
                     && tracked.state.status() == crate::LockStatus::Expiring
                 {
@@ -278,6 +292,7 @@ impl<S: LeaseStore> Scheduler<S> {
     /// lease in case the store still has it.
     fn expire(&mut self, serial: u64) {
         if let Some(state) = self.untrack(serial) {
+            observe::count("dlock_lost_total", "reason", "deadline");
             tracing::warn!(id = %state.id, "lock lost: its local deadline passed before a renewal succeeded");
             self.release_later(state.key.clone(), state.lease_id);
         }
@@ -375,6 +390,7 @@ impl<S: LeaseStore> Scheduler<S> {
                     }
                     RenewOutcome::Lost => {
                         if state.mark_lost() {
+                            observe::count("dlock_lost_total", "reason", "store");
                             tracing::warn!(id = %state.id, "lock lost: the store no longer has its lease");
                         }
                         self.untrack(state.serial);
