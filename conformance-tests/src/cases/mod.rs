@@ -1,0 +1,63 @@
+//! The case functions: each checks one contract and panics, naming what
+//! broke, when the store under test breaks it. Every case takes a
+//! [`StoreFactory`](crate::StoreFactory), uses keys of its own and can run
+//! in parallel with the others against one server.
+
+mod locker;
+mod race;
+mod store;
+
+pub use locker::*;
+pub use race::*;
+pub use store::*;
+
+/// Calls `$callback!` with the given arguments and every case with its
+/// [`Requirement`](crate::Requirement): the one list of cases, from which the
+/// test macro and [`run_all`](crate::run_all) are made.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __for_each_case {
+    ($callback:ident { $($args:tt)* }) => {
+        $crate::$callback! { $($args)* ;
+            acquire_grants_a_free_key: Fencing,
+            acquire_of_a_held_key_reports_the_holder: Nothing,
+            acquire_takes_over_an_expired_lease: Nothing,
+            acquire_after_release_reports_no_previous_owner: Nothing,
+            acquire_holds_for_the_whole_ttl: Nothing,
+            concurrent_acquires_grant_exactly_one: Nothing,
+            renew_extends_a_live_lease: Nothing,
+            renew_of_a_superseded_lease_is_lost: Nothing,
+            renew_of_an_expired_lease_is_lost: Nothing,
+            renew_of_a_released_lease_is_lost: Nothing,
+            renew_never_creates_a_lease: Nothing,
+            renew_answers_a_mixed_batch_in_order: Nothing,
+            renew_takes_a_full_batch: Nothing,
+            release_frees_the_key: Nothing,
+            release_by_a_superseded_lease_changes_nothing: Nothing,
+            release_with_a_foreign_lease_id_keeps_the_holder: Nothing,
+            release_twice_and_unknown_keys_are_not_held: Nothing,
+            fencing_tokens_increase_across_release: Fencing,
+            fencing_tokens_increase_across_expiry_and_takeover: Fencing,
+            fencing_tokens_increase_per_key_when_keys_interleave: Fencing,
+            fencing_disabled_grants_without_a_token: Nothing,
+            inspect_reports_holder_remaining_and_token: Nothing,
+            wait_for_change_wakes_on_release: NativeWait,
+            wait_for_change_returns_by_its_maximum: Nothing,
+            weird_ids_are_stored_and_matched_exactly: Nothing,
+            keys_of_the_maximum_length_work: Nothing,
+            locker_try_lock_reports_the_holder: Nothing,
+            locker_lock_waits_for_a_release: Nothing,
+            locker_lock_times_out_naming_the_holder: Nothing,
+            locker_heartbeat_keeps_a_lock_past_its_lease: Nothing,
+            locker_detects_a_lost_lease_at_the_next_renewal: Nothing,
+            locker_dropping_a_guard_releases_it: Nothing,
+            locker_close_releases_every_lock: Nothing,
+            locker_cancelled_lock_calls_leave_no_renewed_lease: Nothing,
+            locker_rejects_a_lease_below_the_store_minimum: MinimumTtl,
+            locker_waiters_acquire_when_notifications_are_lost: Nothing,
+            locker_cut_off_holder_warns_then_expires_before_the_store: Nothing,
+            locker_stale_unlock_leaves_the_new_holder: Nothing,
+            contention_race_with_a_fenced_register: Fencing,
+        }
+    };
+}

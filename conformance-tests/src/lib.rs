@@ -1,0 +1,42 @@
+//! The shared conformance suite of dlock stores, and the test
+//! infrastructure every store's tests use.
+//!
+//! - [`cases`]: public async case functions, each checking one contract of
+//!   `LeaseStore`, `Locker` or `LockGuard` against stores made by a
+//!   [`StoreFactory`];
+//! - [`conformance_suite!`]: one `#[tokio::test]` per case for a factory,
+//!   skipping what the store's capabilities rule out; [`run_all`] for a
+//!   single test;
+//! - [`history`]: the history checker, and [`register`]: the fenced register
+//!   the contention race writes through;
+//! - [`harness`]: throwaway redis-server, Redis Cluster, etcd (single and
+//!   cluster) and PostgreSQL instances on free loopback ports;
+//! - [`fault_proxy`]: a TCP proxy that black-holes, resets, delays or cuts
+//!   one direction at run time.
+//!
+//! # Running the suite against a store
+//!
+//! ```no_run
+//! // tests/conformance.rs of a store crate:
+//! // Every test gets a factory; each `connect()` gives a new client of
+//! // the same backend (here: clones of one in-memory store).
+//! conformance_tests::conformance_suite!(
+//!     memory_store,
+//!     conformance_tests::shared(lock_core::MemoryStore::new())
+//! );
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod cases;
+pub mod fault_proxy;
+pub mod harness;
+pub mod history;
+pub mod register;
+mod suite;
+mod support;
+
+pub use suite::{__CaseFn, Requirement, Summary, run_all, skip_reason};
+pub use support::{
+    BoxFuture, StoreFactory, acquire, eventually, expiry_slack, grant, grant_after_expiry, granted,
+    held, holder_of, locker, locker_options, shared, short_ttl, unique_key,
+};

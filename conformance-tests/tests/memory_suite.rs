@@ -1,0 +1,182 @@
+//! The whole suite against the reference store, and the suite's own check:
+//! stores with known bugs must fail the cases that target those bugs.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lock_core::{
+    AcquireOutcome, AcquireRequest, Capabilities, Fencing, LeaseId, LeaseInfo, LeaseStore,
+    MemoryStore, ReleaseOutcome, RenewEntry, RenewOutcome, StoreError,
+};
+
+conformance_tests::conformance_suite!(memory_store, conformance_tests::shared(MemoryStore::new()));
+
+/// The bugs lease-lock libraries have shipped, one switch each.
+#[derive(Clone, Copy, Debug)]
+enum Bug {
+    /// Release deletes by key, whoever holds it.
+    ReleaseByKeyAlone,
+    /// Renew extends any lease on the key, even another holder's or an
+    /// expired one (it recreates).
+    RenewByKeyAlone,
+    /// Tokens restart at 1 after a release.
+    TokensResetOnRelease,
+}
+
+/// MemoryStore with one bug switched on. Clones share everything, like
+/// clients of one server.
+#[derive(Clone)]
+struct BuggyStore {
+    inner: MemoryStore,
+    bug: Bug,
+    /// The lease each key was last granted to (what a buggy store "knows"
+    /// when it acts by key).
+    latest: Arc<Mutex<HashMap<String, LeaseId>>>,
+}
+
+impl BuggyStore {
+    fn new(bug: Bug) -> Self {
+        Self {
+            inner: MemoryStore::new(),
+            bug,
+            latest: Arc::default(),
+        }
+    }
+
+    fn latest(&self, key: &str) -> Option<LeaseId> {
+        self.latest.lock().unwrap().get(key).copied()
+    }
+}
+
+#[async_trait]
+impl LeaseStore for BuggyStore {
+    async fn acquire(&self, request: AcquireRequest<'_>) -> Result<AcquireOutcome, StoreError> {
+        let outcome = self.inner.acquire(request).await?;
+        if let AcquireOutcome::Acquired(_) = outcome {
+            let mut latest = self.latest.lock().unwrap();
+            latest.insert(request.key.to_owned(), request.lease_id);
+        }
+        Ok(outcome)
+    }
+
+    async fn renew(
+        &self,
+        leases: &[RenewEntry<'_>],
+        ttl: Duration,
+    ) -> Result<Vec<RenewOutcome>, StoreError> {
+        let Bug::RenewByKeyAlone = self.bug else {
+            return self.inner.renew(leases, ttl).await;
+        };
+        let mut outcomes = Vec::new();
+        for entry in leases {
+            // Extend whatever lease the key has, or recreate it.
+            let lease_id = self.latest(entry.key).unwrap_or(entry.lease_id);
+            let current = [RenewEntry {
+                key: entry.key,
+                lease_id,
+            }];
+            if self.inner.renew(&current, ttl).await? == [RenewOutcome::Lost] {
+                let request = AcquireRequest::new(entry.key, "renewer", entry.lease_id, ttl);
+                self.acquire(request).await?;
+            }
+            outcomes.push(RenewOutcome::Renewed { ttl });
+        }
+        Ok(outcomes)
+    }
+
+    async fn release(
+        &self,
+        key: &str,
+        lease_id: LeaseId,
+        fencing: Fencing,
+    ) -> Result<ReleaseOutcome, StoreError> {
+        match self.bug {
+            Bug::ReleaseByKeyAlone => {
+                let current = self.latest(key).unwrap_or(lease_id);
+                self.inner.release(key, current, fencing).await
+            }
+            Bug::TokensResetOnRelease => self.inner.release(key, lease_id, Fencing::Disabled).await,
+            Bug::RenewByKeyAlone => self.inner.release(key, lease_id, fencing).await,
+        }
+    }
+
+    async fn inspect(&self, key: &str) -> Result<Option<LeaseInfo>, StoreError> {
+        self.inner.inspect(key).await
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn wait_for_change(&self, key: &str, max: Duration) {
+        self.inner.wait_for_change(key, max).await;
+    }
+}
+
+/// Runs the whole suite on a store with `bug` and asserts that every case in
+/// `must_fail` failed.
+async fn suite_catches(bug: Bug, must_fail: &[&str]) {
+    let shared = BuggyStore::new(bug);
+    let summary = conformance_tests::run_all(conformance_tests::shared(shared)).await;
+    let failed: Vec<&str> = summary.failed.iter().map(|(name, _)| *name).collect();
+    for case in must_fail {
+        assert!(
+            failed.contains(case),
+            "{bug:?} was not caught by {case}; failed: {failed:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_suite_catches_release_by_key_alone() {
+    suite_catches(
+        Bug::ReleaseByKeyAlone,
+        &[
+            "release_by_a_superseded_lease_changes_nothing",
+            "release_with_a_foreign_lease_id_keeps_the_holder",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_suite_catches_renew_by_key_alone() {
+    suite_catches(
+        Bug::RenewByKeyAlone,
+        &[
+            "renew_of_a_superseded_lease_is_lost",
+            "renew_of_an_expired_lease_is_lost",
+            "renew_of_a_released_lease_is_lost",
+            "renew_never_creates_a_lease",
+            "renew_answers_a_mixed_batch_in_order",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_suite_catches_tokens_that_restart_after_release() {
+    suite_catches(
+        Bug::TokensResetOnRelease,
+        &[
+            "fencing_tokens_increase_across_release",
+            "fencing_tokens_increase_per_key_when_keys_interleave",
+            "contention_race_with_a_fenced_register",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_all_passes_on_the_reference_store() {
+    let summary = conformance_tests::run_all(conformance_tests::shared(MemoryStore::new())).await;
+    summary.assert_passed();
+    assert_eq!(summary.skipped.len(), 1, "{:?}", summary.skipped);
+    assert!(
+        summary.passed.len() >= 38,
+        "{} cases passed",
+        summary.passed.len()
+    );
+}
