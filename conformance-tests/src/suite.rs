@@ -51,6 +51,11 @@ pub async fn skip_reason<F: StoreFactory>(factory: &F, requirement: Requirement)
 /// rule out print why and pass. The calling crate needs `tokio` (with the
 /// `macros` and `rt-multi-thread` features) among its dev-dependencies.
 ///
+/// With `skip_if = FUTURE` (a future giving `Option<String>`, awaited
+/// before each test), a test prints the reason and passes when it gives
+/// `Some`: use it for servers that may be missing, with
+/// [`harness::skip_unless_available`](crate::harness::skip_unless_available).
+///
 /// # Examples
 ///
 /// ```no_run
@@ -59,13 +64,26 @@ pub async fn skip_reason<F: StoreFactory>(factory: &F, requirement: Requirement)
 ///     conformance_tests::shared(lock_core::MemoryStore::new())
 /// );
 /// ```
+///
+/// ```ignore
+/// use conformance_tests::harness::{shared_redis, skip_unless_available};
+///
+/// conformance_tests::conformance_suite!(
+///     redis_single,
+///     || async { RedisStore::connect(shared_redis().await.unwrap().url()).await.unwrap() },
+///     skip_if = skip_unless_available(shared_redis())
+/// );
+/// ```
 #[macro_export]
 macro_rules! conformance_suite {
     ($name:ident, $factory:expr) => {
+        $crate::conformance_suite!($name, $factory, skip_if = async { None::<String> });
+    };
+    ($name:ident, $factory:expr, skip_if = $skip:expr) => {
         mod $name {
             #[allow(unused_imports)]
             use super::*;
-            $crate::__for_each_case! { __case_tests { $factory } }
+            $crate::__for_each_case! { __case_tests { $factory, $skip } }
         }
     };
 }
@@ -73,10 +91,14 @@ macro_rules! conformance_suite {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __case_tests {
-    ($factory:expr ; $($case:ident : $requirement:ident,)*) => {
+    ($factory:expr, $skip:expr ; $($case:ident : $requirement:ident,)*) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
+                if let Some(reason) = $skip.await {
+                    eprintln!("skipped {}: {}", stringify!($case), reason);
+                    return;
+                }
                 let factory = $factory;
                 let requirement = $crate::Requirement::$requirement;
                 if let Some(reason) = $crate::skip_reason(&factory, requirement).await {

@@ -35,6 +35,7 @@ pub mod ports;
 mod postgres;
 mod process;
 mod redis;
+mod shared;
 
 use std::ffi::OsStr;
 use std::fmt;
@@ -46,6 +47,10 @@ pub use etcd::{EtcdCluster, EtcdServer};
 pub use ports::{pick_free_port, pick_free_ports};
 pub use postgres::PostgresServer;
 pub use redis::{RedisCluster, RedisReply, RedisServer, redis_command};
+pub use shared::{
+    shared_etcd, shared_etcd_cluster, shared_postgres, shared_redis, shared_redis_cluster,
+    skip_unless_available,
+};
 
 /// Name of the variable that makes missing servers fail tests instead of
 /// skipping them.

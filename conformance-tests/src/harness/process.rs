@@ -33,6 +33,7 @@ pub(super) struct ServerProcess {
     log_path: PathBuf,
     run_as: Option<(u32, u32)>,
     child: Option<Child>,
+    watchdog: Option<Child>,
 }
 
 impl std::fmt::Debug for ServerProcess {
@@ -63,6 +64,7 @@ impl ServerProcess {
             log_path,
             run_as: None,
             child: None,
+            watchdog: None,
         }
     }
 
@@ -120,6 +122,7 @@ impl ServerProcess {
             )
         })?;
         debug!(server, pid = child.id(), program = %self.program.display(), "server process started");
+        self.watchdog = spawn_watchdog(server, child.id());
         self.child = Some(child);
         Ok(())
     }
@@ -161,6 +164,11 @@ impl ServerProcess {
     /// Kills the process and all its descendants with `SIGKILL` and waits for
     /// the process. Does nothing if it is not running.
     pub(super) fn kill(&mut self) {
+        if let Some(mut watchdog) = self.watchdog.take() {
+            // Stop it before the server's pid can be reused.
+            let _ = watchdog.kill();
+            let _ = watchdog.wait();
+        }
         let Some(mut child) = self.child.take() else {
             return;
         };
@@ -221,6 +229,32 @@ impl ServerProcess {
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A shell that kills the server when this process exits, however it
+/// exits: it waits to read from a pipe only this process holds open, and
+/// the pipe closes with the process. Servers kept in statics (which are
+/// never dropped) and servers of a killed test run die with it.
+fn spawn_watchdog(server: &'static str, pid: u32) -> Option<Child> {
+    let spawned = Command::new("sh")
+        .args([
+            "-c",
+            "read _ignored; kill -KILL \"$1\" 2>/dev/null",
+            "dlock-watchdog",
+        ])
+        .arg(pid.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn();
+    match spawned {
+        Ok(watchdog) => Some(watchdog),
+        Err(error) => {
+            warn!(server, %error, "no watchdog: the server outlives a killed test run");
+            None
+        }
     }
 }
 
