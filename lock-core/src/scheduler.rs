@@ -2,7 +2,7 @@
 //! fires warnings and expiries from one timer queue, and releases leases in
 //! the background (dropped guards, abandoned acquisitions, expired locks).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -66,6 +66,8 @@ struct Scheduler<S: LeaseStore> {
     tracked_count: Arc<AtomicUsize>,
     timers: DelayQueue<u64>,
     releases: FuturesUnordered<BoxFuture<Option<StoreError>>>,
+    /// Releases waiting for a place among the ones in flight.
+    queued_releases: VecDeque<(String, LeaseId)>,
     closing: bool,
     close_replies: Vec<oneshot::Sender<Result<(), StoreError>>>,
     close_error: Option<StoreError>,
@@ -91,6 +93,7 @@ pub(crate) fn spawn<S: LeaseStore>(
         tracked_count,
         timers: DelayQueue::new(),
         releases: FuturesUnordered::new(),
+        queued_releases: VecDeque::new(),
         closing: false,
         close_replies: Vec::new(),
         close_error: None,
@@ -162,6 +165,7 @@ impl<S: LeaseStore> Scheduler<S> {
                             self.close_error = Some(error);
                         }
                     }
+                    self.start_queued_releases();
                 }
             }
         }
@@ -229,7 +233,24 @@ impl<S: LeaseStore> Scheduler<S> {
         Some(tracked.state)
     }
 
+    /// Queues a background release; at most [`RELEASES_IN_FLIGHT`] run at
+    /// once, so that thousands of them (closing a busy locker) wait for a
+    /// connection without their timeouts running.
     fn release_later(&mut self, key: String, lease_id: LeaseId) {
+        self.queued_releases.push_back((key, lease_id));
+        self.start_queued_releases();
+    }
+
+    fn start_queued_releases(&mut self) {
+        while self.releases.len() < RELEASES_IN_FLIGHT {
+            let Some((key, lease_id)) = self.queued_releases.pop_front() else {
+                return;
+            };
+            self.start_release(key, lease_id);
+        }
+    }
+
+    fn start_release(&mut self, key: String, lease_id: LeaseId) {
         let store = self.store.clone();
         let timeout = self.options.store_timeout();
         let fencing = self.options.fencing();
@@ -405,6 +426,9 @@ impl<S: LeaseStore> Scheduler<S> {
         }
     }
 }
+
+/// How many background releases run at once.
+const RELEASES_IN_FLIGHT: usize = 64;
 
 /// How soon a failed renewal round is retried: well before the next tick.
 fn retry_delay(heartbeat: Duration) -> Duration {

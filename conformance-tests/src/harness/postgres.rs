@@ -216,6 +216,7 @@ impl PostgresServer {
                 redact_url(&admin_url)
             )));
         }
+        drop_abandoned_databases(&psql, &admin_url).await;
         let database = unique_database_name();
         psql_command(
             &psql,
@@ -391,6 +392,36 @@ fn unique_database_name() -> String {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.subsec_nanos());
     format!("dlock_test_{}_{counter}_{nanos:09}", std::process::id())
+}
+
+/// Drops the test databases of earlier test processes that are gone: a
+/// database kept in a static (a shared server) is never dropped by its own
+/// process. Names carry the creating process's id.
+async fn drop_abandoned_databases(psql: &Path, admin_url: &str) {
+    let listing = psql_command(
+        psql,
+        admin_url,
+        "SELECT datname FROM pg_database WHERE datname LIKE 'dlock\\_test\\_%'",
+    )
+    .await;
+    let Ok(listing) = listing else { return };
+    for name in listing.lines().map(str::trim) {
+        let pid = name
+            .strip_prefix("dlock_test_")
+            .and_then(|rest| rest.split('_').next())
+            .and_then(|pid| pid.parse::<u32>().ok());
+        let Some(pid) = pid else { continue };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+        match psql_command(psql, admin_url, &drop).await {
+            Ok(_) => debug!(database = name, "dropped an abandoned test database"),
+            Err(error) => {
+                debug!(database = name, %error, "could not drop an abandoned test database")
+            }
+        }
+    }
 }
 
 /// `url` with its database (the path) replaced by `database`.
