@@ -733,3 +733,70 @@ async fn the_deadline_counts_from_when_the_request_was_sent() {
     let sent = start + Duration::from_millis(1200);
     assert_eq!(guard.valid_until(), Some(sent + DEADLINE));
 }
+
+/// A store whose releases share 4 "connections" and take 5 ms each.
+struct NarrowStore {
+    inner: MemoryStore,
+    connections: tokio::sync::Semaphore,
+}
+
+#[async_trait::async_trait]
+impl LeaseStore for NarrowStore {
+    async fn acquire(
+        &self,
+        request: AcquireRequest<'_>,
+    ) -> Result<lock_core::AcquireOutcome, lock_core::StoreError> {
+        self.inner.acquire(request).await
+    }
+    async fn renew(
+        &self,
+        leases: &[lock_core::RenewEntry<'_>],
+        ttl: Duration,
+    ) -> Result<Vec<lock_core::RenewOutcome>, lock_core::StoreError> {
+        self.inner.renew(leases, ttl).await
+    }
+    async fn release(
+        &self,
+        key: &str,
+        lease_id: LeaseId,
+        fencing: lock_core::Fencing,
+    ) -> Result<lock_core::ReleaseOutcome, lock_core::StoreError> {
+        let _connection = self.connections.acquire().await.unwrap();
+        sleep(5 * MS).await;
+        self.inner.release(key, lease_id, fencing).await
+    }
+    async fn inspect(
+        &self,
+        key: &str,
+    ) -> Result<Option<lock_core::LeaseInfo>, lock_core::StoreError> {
+        self.inner.inspect(key).await
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn closing_with_a_thousand_locks_on_a_narrow_store_releases_them_all() {
+    let inner = MemoryStore::new();
+    let store = NarrowStore {
+        inner: inner.clone(),
+        connections: tokio::sync::Semaphore::new(4),
+    };
+    let locker = locker(store, "a");
+    let mut guards = Vec::new();
+    for i in 0..1000 {
+        guards.push(locker.try_lock(&format!("lock-{i}")).await.unwrap());
+    }
+    // 1000 releases through 4 connections take 1.25 s in all, longer than
+    // the 500 ms store timeout: they must queue before their timeouts start.
+    locker.close().await.unwrap();
+    for guard in &guards {
+        assert_eq!(
+            holder_of(&inner, guard.key()).await,
+            None,
+            "{}",
+            guard.key()
+        );
+    }
+}
