@@ -75,6 +75,26 @@
 //! - Waiting for a lock ([`Locker::lock`]) is built in, woken by the store's
 //!   change notifications.
 //!
+//! # Decisions beyond the design contract
+//!
+//! - A [`LockGuard`] keeps its locker's background task alive: dropping the
+//!   last [`LeaseLocker`] handle while guards live does not release their
+//!   locks behind the user's back (`open(url)?.try_lock(id)` would
+//!   otherwise lose its lock at once). The task ends, releasing whatever is
+//!   left, once handles and guards are all gone; [`Locker::close`] still
+//!   releases everything at once.
+//! - [`LeaseStore::release`] and [`AcquireRequest`] carry [`Fencing`], so a
+//!   store knows whether a released key's counter must survive.
+//! - [`LockStatus::Expiring`] is reached at `warn_after` even when warning
+//!   receivers are disabled, so `expiring()` always means something.
+//! - `lock(id, Duration::ZERO)` is exactly `try_lock(id)` (it answers
+//!   [`LockError::Taken`], not a timeout).
+//! - An `unlock` that finds the lease already gone (expired or taken over)
+//!   returns `Ok(())` and logs a warning: the lock is not held either way.
+//! - Background releases run at most 64 at a time, so closing a locker
+//!   with thousands of locks queues them instead of timing them out in a
+//!   connection pool.
+//!
 //! # Observability
 //!
 //! `tracing` events for acquisition, takeover, renewal failure, warning,
