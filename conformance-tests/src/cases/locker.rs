@@ -202,6 +202,7 @@ pub async fn locker_rejects_a_lease_below_the_store_minimum<F: StoreFactory>(fac
         .lease(lease)
         .heartbeat(lease / 3)
         .store_timeout(lease / 7)
+        .margin(Duration::ZERO)
         .build()
         .expect("valid on their own");
     match LeaseLocker::new(store, options) {
