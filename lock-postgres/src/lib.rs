@@ -138,6 +138,7 @@ pub struct PostgresStoreBuilder {
     table: String,
     migrate: bool,
     max_connections: u32,
+    connect_timeout: Duration,
 }
 
 impl Default for PostgresStoreBuilder {
@@ -146,6 +147,7 @@ impl Default for PostgresStoreBuilder {
             table: DEFAULT_TABLE.to_owned(),
             migrate: true,
             max_connections: 10,
+            connect_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -169,6 +171,14 @@ impl PostgresStoreBuilder {
         self
     }
 
+    /// How long [`connect`](Self::connect) and every later wait for a
+    /// pooled connection may take (default 5 s).
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
     /// The size of the pool [`connect`](Self::connect) makes (default 10).
     #[must_use]
     pub fn max_connections(mut self, max: u32) -> Self {
@@ -178,7 +188,8 @@ impl PostgresStoreBuilder {
 
     /// Connects a pool to `url` (`postgres://user:password@host:port/db`,
     /// with `sslmode=require` etc. for TLS) and builds the store. The pool
-    /// connects lazily, pins READ COMMITTED, does not ping connections
+    /// opens one connection at once (so errors show here), pins READ
+    /// COMMITTED, does not ping connections
     /// before use (one round trip per operation; a broken connection fails
     /// its statement with a retryable error), and the table is created when
     /// [`migrate_on_connect`](Self::migrate_on_connect) is on.
@@ -186,9 +197,11 @@ impl PostgresStoreBuilder {
     /// # Errors
     ///
     /// [`StoreErrorKind::Invalid`] for a bad URL or table name (the message
-    /// never contains the password); a store error when the migration
-    /// fails.
+    /// never contains the password); a store error when the server cannot
+    /// be reached or the migration fails.
     pub async fn connect(self, url: &str) -> Result<PostgresStore, StoreError> {
+        // Refuse a bad table name before touching the network.
+        quote_table(&self.table)?;
         let options = PgConnectOptions::from_str(url).map_err(|_| {
             StoreError::new(
                 StoreErrorKind::Invalid,
@@ -198,10 +211,15 @@ impl PostgresStoreBuilder {
         let options = options.options([("default_transaction_isolation", r"read\ committed")]);
         let pool = PgPoolOptions::new()
             .max_connections(self.max_connections)
+            .acquire_timeout(self.connect_timeout)
             // A ping before every statement would double the round trips;
             // a broken connection fails its statement (retryable) instead.
             .test_before_acquire(false)
-            .connect_lazy_with(options);
+            // Opens one connection now, so an unreachable server or refused
+            // credentials are reported here, with their cause.
+            .connect_with(options)
+            .await
+            .map_err(|e| map_error(e, None))?;
         self.build_with_pool(pool).await
     }
 

@@ -60,6 +60,9 @@ use crate::error::map_error;
 /// The default table name.
 pub const DEFAULT_TABLE: &str = "dlock_leases";
 
+/// How long opening waits for other processes setting the file up.
+const OPEN_PATIENCE: Duration = Duration::from_secs(5);
+
 /// The database's clock in milliseconds.
 const NOW_MS: &str = "CAST(unixepoch('subsec') * 1000 AS INTEGER)";
 
@@ -167,6 +170,30 @@ impl SqliteStoreBuilder {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(self.busy_timeout);
+        // Another process creating the file or the table holds the write
+        // lock for a moment; opening waits for it a little longer than one
+        // busy timeout.
+        let give_up = tokio::time::Instant::now() + OPEN_PATIENCE.max(self.busy_timeout * 2);
+        loop {
+            match self.try_open(&path, &table, options.clone()).await {
+                Err(error)
+                    if error.kind() == StoreErrorKind::Busy
+                        && tokio::time::Instant::now() < give_up =>
+                {
+                    tracing::debug!(%error, "database busy while opening; retrying");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn try_open(
+        &self,
+        path: &Path,
+        table: &str,
+        options: SqliteConnectOptions,
+    ) -> Result<SqliteStore, StoreError> {
         let pool = SqlitePoolOptions::new()
             .max_connections(self.max_connections)
             .test_before_acquire(false)
@@ -176,15 +203,24 @@ impl SqliteStoreBuilder {
         let store = SqliteStore {
             inner: Arc::new(Inner {
                 pool,
-                path,
-                sql: Statements::for_table(&table),
+                path: path.to_owned(),
+                sql: Statements::for_table(table),
                 released: Notify::new(),
             }),
         };
-        sqlx::query(&store.inner.sql.schema)
-            .execute(&store.inner.pool)
-            .await
-            .map_err(|e| map_error(e, None))?;
+        // Creating the table takes the write lock: only when it is missing.
+        let exists: Option<(i64,)> =
+            sqlx::query_as("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = $1")
+                .bind(&self.table)
+                .fetch_optional(&store.inner.pool)
+                .await
+                .map_err(|e| map_error(e, None))?;
+        if exists.is_none() {
+            sqlx::query(&store.inner.sql.schema)
+                .execute(&store.inner.pool)
+                .await
+                .map_err(|e| map_error(e, None))?;
+        }
         Ok(store)
     }
 }

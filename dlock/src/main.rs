@@ -1,0 +1,436 @@
+//! `dlock`: run a command under a distributed lock.
+//!
+//! ```text
+//! dlock run [--backend URL] [--lease DUR] [--wait DUR] [--kill-grace DUR] ID -- COMMAND [ARGS...]
+//! dlock status [--backend URL] [--json] ID
+//! ```
+//!
+//! Exit codes: the command's own (128 + signal when a signal ended it); 75
+//! when the lock could not be had in time; 64 for a bad argument or URL; 69
+//! when the backend is unreachable; 127 when the command cannot be started.
+#![forbid(unsafe_code)]
+
+use std::ffi::OsString;
+use std::io::IsTerminal as _;
+use std::os::unix::process::ExitStatusExt as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use dlock::{LockError, LockGuard, Locker, LockerOptions, OpenError};
+use rustix::process::{Pid, Signal, kill_process};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::time::Instant;
+
+/// Bad arguments or URL (sysexits EX_USAGE).
+const EXIT_USAGE: u8 = 64;
+/// The backend cannot be reached (EX_UNAVAILABLE).
+const EXIT_UNAVAILABLE: u8 = 69;
+/// Internal failure (EX_SOFTWARE).
+const EXIT_SOFTWARE: u8 = 70;
+/// The lock was not had in time (EX_TEMPFAIL): try again later.
+const EXIT_NOT_LOCKED: u8 = 75;
+/// The command could not be started, as shells say.
+const EXIT_CANNOT_RUN: u8 = 127;
+
+#[derive(Parser)]
+#[command(
+    name = "dlock",
+    version,
+    about = "Run a command under a leased, fenced distributed lock"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Take the lock ID, run COMMAND while renewing it, release it when the
+    /// command exits. The command sees DLOCK_LOCK_ID, DLOCK_OWNER and
+    /// DLOCK_FENCING_TOKEN; it gets SIGTERM when the lock starts expiring
+    /// and SIGKILL --kill-grace after the lock is lost.
+    Run(RunArgs),
+    /// Show who holds the lock ID, for how long, and its last fencing token.
+    Status(StatusArgs),
+}
+
+#[derive(Args)]
+struct BackendArg {
+    /// Backend URL: sqlite:PATH, postgres://..., memory:. Default: a SQLite
+    /// file in the user's state directory.
+    #[arg(long, env = "DLOCK_URL", hide_env_values = true, value_name = "URL")]
+    backend: Option<String>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    backend: BackendArg,
+    /// Lease time, renewed while the command runs.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DUR")]
+    lease: Duration,
+    /// How long to wait for the lock; 0 makes one attempt.
+    #[arg(long, default_value = "0", value_parser = parse_duration, value_name = "DUR")]
+    wait: Duration,
+    /// Time between losing the lock and SIGKILL of the command.
+    #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DUR")]
+    kill_grace: Duration,
+    /// Owner name stored with the lock. Default: dlock-HOST-PID.
+    #[arg(long)]
+    owner: Option<String>,
+    /// The lock id.
+    id: String,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<OsString>,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    backend: BackendArg,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// The lock id.
+    id: String,
+}
+
+/// Durations in humantime form (`30s`, `2m`, `1h 30m`), or `0`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    if text.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(text).map_err(|error| format!("{error} (examples: 30s, 2m, 1h)"))
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let code = if error.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = error.print();
+            return ExitCode::from(code);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("dlock: cannot start: {error}");
+            return ExitCode::from(EXIT_SOFTWARE);
+        }
+    };
+    let code = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => run(args).await,
+            Command::Status(args) => status(args).await,
+        }
+    });
+    ExitCode::from(code)
+}
+
+/// The backend URL: the flag, `DLOCK_URL`, or the state-directory default.
+fn backend_url(arg: BackendArg) -> Result<String, u8> {
+    if let Some(url) = arg.backend {
+        return Ok(url);
+    }
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/state")));
+    match state {
+        Some(dir) => Ok(format!("sqlite:{}", dir.join("dlock/locks.db").display())),
+        None => {
+            eprintln!("dlock: no --backend, DLOCK_URL or HOME to find the default lock file");
+            Err(EXIT_USAGE)
+        }
+    }
+}
+
+fn default_owner() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "host".to_owned());
+    format!("dlock-{host}-{}", std::process::id())
+}
+
+async fn open(url: &str, options: LockerOptions) -> Result<Arc<dyn Locker>, u8> {
+    dlock::open(url, options).await.map_err(|error| {
+        eprintln!("dlock: {error}");
+        match error {
+            OpenError::Store { .. } => EXIT_UNAVAILABLE,
+            _ => EXIT_USAGE,
+        }
+    })
+}
+
+async fn run(args: RunArgs) -> u8 {
+    match run_inner(args).await {
+        Ok(code) | Err(code) => code,
+    }
+}
+
+async fn run_inner(args: RunArgs) -> Result<u8, u8> {
+    let url = backend_url(args.backend)?;
+    let owner = args.owner.unwrap_or_else(default_owner);
+    let options = LockerOptions::builder()
+        .owner(&owner)
+        .lease(args.lease)
+        .build()
+        .map_err(|error| {
+            eprintln!("dlock: {error}");
+            EXIT_USAGE
+        })?;
+    let locker = open(&url, options).await?;
+    let guard = acquire(&*locker, &args.id, args.wait).await?;
+    let token = guard
+        .fencing_token()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+
+    let mut command = tokio::process::Command::new(&args.command[0]);
+    command
+        .args(&args.command[1..])
+        .env("DLOCK_LOCK_ID", &args.id)
+        .env("DLOCK_OWNER", &owner)
+        .env("DLOCK_FENCING_TOKEN", &token);
+    let child = match command.spawn() {
+        Ok(child) => child,
+        Err(error) => {
+            eprintln!(
+                "dlock: cannot run {}: {error}",
+                args.command[0].to_string_lossy()
+            );
+            let _ = guard.unlock().await;
+            let _ = locker.close().await;
+            return Err(EXIT_CANNOT_RUN);
+        }
+    };
+    let status = supervise(child, &guard, &args.id, args.kill_grace).await;
+    if let Err(error) = guard.unlock().await {
+        eprintln!(
+            "dlock: releasing {:?} failed (it expires by itself): {error}",
+            args.id
+        );
+    }
+    let _ = locker.close().await;
+    Ok(match status {
+        Ok(status) => exit_code_of(status),
+        Err(error) => {
+            eprintln!("dlock: waiting for the command failed: {error}");
+            EXIT_SOFTWARE
+        }
+    })
+}
+
+/// The shell's convention: the exit code, or 128 + the signal that ended
+/// the process.
+fn exit_code_of(status: std::process::ExitStatus) -> u8 {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => u8::try_from(code & 0xff).unwrap_or(EXIT_SOFTWARE),
+        (None, Some(signal)) => u8::try_from(128 + (signal & 0x7f)).unwrap_or(EXIT_SOFTWARE),
+        (None, None) => EXIT_SOFTWARE,
+    }
+}
+
+/// Takes the lock, waiting up to `wait` and showing the holder on a
+/// terminal meanwhile.
+async fn acquire(locker: &dyn Locker, id: &str, wait: Duration) -> Result<LockGuard, u8> {
+    let result = if wait.is_zero() {
+        locker.try_lock(id).await
+    } else {
+        let attempt = locker.lock(id, wait);
+        tokio::pin!(attempt);
+        let show = std::io::stderr().is_terminal();
+        let start = Instant::now();
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        let mut shown = false;
+        let result = loop {
+            tokio::select! {
+                result = &mut attempt => break result,
+                _ = ticker.tick(), if show => {
+                    let holder = match locker.inspect(id).await {
+                        Ok(Some(dlock::LeaseInfo { holder: Some(holder), .. })) => holder.owner,
+                        _ => "someone".to_owned(),
+                    };
+                    eprint!(
+                        "\r\x1b[Kdlock: waiting for {id:?}, held by {holder} ({}s)",
+                        start.elapsed().as_secs()
+                    );
+                    shown = true;
+                }
+            }
+        };
+        if shown {
+            eprint!("\r\x1b[K");
+        }
+        result
+    };
+    result.map_err(|error| match error {
+        LockError::Taken {
+            holder,
+            retry_after,
+            ..
+        } => {
+            let left = retry_after
+                .map(|left| format!(" for another {}", humantime::format_duration(round(left))))
+                .unwrap_or_default();
+            eprintln!(
+                "dlock: lock {id:?} is held by {}{left}",
+                holder.as_deref().unwrap_or("someone")
+            );
+            EXIT_NOT_LOCKED
+        }
+        LockError::Timeout { holder, waited, .. } => {
+            eprintln!(
+                "dlock: lock {id:?} is held by {}; gave up after {}",
+                holder.as_deref().unwrap_or("someone"),
+                humantime::format_duration(round(waited))
+            );
+            EXIT_NOT_LOCKED
+        }
+        LockError::Store(error) => {
+            eprintln!("dlock: backend unavailable: {error}");
+            EXIT_UNAVAILABLE
+        }
+        other @ (LockError::InvalidId { .. } | LockError::InvalidConfig(_)) => {
+            eprintln!("dlock: {other}");
+            EXIT_USAGE
+        }
+        other => {
+            eprintln!("dlock: {other}");
+            EXIT_SOFTWARE
+        }
+    })
+}
+
+/// To the millisecond, for messages.
+fn round(duration: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Waits for the command, forwarding SIGINT and SIGTERM to it, sending it
+/// SIGTERM when the lock starts expiring and SIGKILL `grace` after the lock
+/// is lost.
+async fn supervise(
+    mut child: tokio::process::Child,
+    guard: &LockGuard,
+    id: &str,
+    grace: Duration,
+) -> std::io::Result<std::process::ExitStatus> {
+    let pid = child
+        .id()
+        .and_then(|pid| i32::try_from(pid).ok())
+        .and_then(Pid::from_raw);
+    let send = |signal: Signal| {
+        if let Some(pid) = pid {
+            let _ = kill_process(pid, signal);
+        }
+    };
+    let mut interrupts = signal(SignalKind::interrupt())?;
+    let mut terminations = signal(SignalKind::terminate())?;
+    let mut hangups = signal(SignalKind::hangup())?;
+    let mut warned = false;
+    let mut kill_at: Option<Instant> = None;
+    let mut killed = false;
+    loop {
+        tokio::select! {
+            status = child.wait() => return status,
+            _ = interrupts.recv() => send(Signal::INT),
+            _ = terminations.recv() => send(Signal::TERM),
+            _ = hangups.recv() => send(Signal::HUP),
+            _ = guard.expiring(), if !warned => {
+                warned = true;
+                eprintln!("dlock: lock {id:?} is expiring (renewals are failing): sending SIGTERM to the command");
+                send(Signal::TERM);
+            }
+            _ = guard.lost(), if kill_at.is_none() && !killed => {
+                eprintln!(
+                    "dlock: lock {id:?} was lost: SIGKILL to the command in {}",
+                    humantime::format_duration(grace)
+                );
+                if !warned {
+                    warned = true;
+                    send(Signal::TERM);
+                }
+                kill_at = Some(Instant::now() + grace);
+            }
+            () = sleep_until_some(kill_at), if kill_at.is_some() => {
+                kill_at = None;
+                killed = true;
+                send(Signal::KILL);
+            }
+        }
+    }
+}
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn status(args: StatusArgs) -> u8 {
+    let url = match backend_url(args.backend) {
+        Ok(url) => url,
+        Err(code) => return code,
+    };
+    let locker = match open(&url, LockerOptions::default()).await {
+        Ok(locker) => locker,
+        Err(code) => return code,
+    };
+    let info = match locker.inspect(&args.id).await {
+        Ok(info) => info,
+        Err(LockError::Store(error)) => {
+            eprintln!("dlock: backend unavailable: {error}");
+            return EXIT_UNAVAILABLE;
+        }
+        Err(error) => {
+            eprintln!("dlock: {error}");
+            return EXIT_USAGE;
+        }
+    };
+    let holder = info.as_ref().and_then(|info| info.holder.clone());
+    let token = info.and_then(|info| info.last_token);
+    if args.json {
+        let json = serde_json::json!({
+            "id": args.id,
+            "held": holder.is_some(),
+            "holder": holder.as_ref().map(|h| h.owner.clone()),
+            "remaining_ms": holder.as_ref().and_then(|h| h.remaining).map(|d| d.as_millis()),
+            "last_token": token.as_ref().map(ToString::to_string),
+        });
+        println!("{json}");
+    } else {
+        let token = token
+            .map(|t| format!(", last fencing token {t}"))
+            .unwrap_or_default();
+        match holder {
+            Some(holder) => {
+                let left = holder
+                    .remaining
+                    .map(|left| format!(" for another {}", humantime::format_duration(round(left))))
+                    .unwrap_or_default();
+                println!("{}: held by {}{left}{token}", args.id, holder.owner);
+            }
+            None => println!("{}: free{token}", args.id),
+        }
+    }
+    let _ = locker.close().await;
+    0
+}

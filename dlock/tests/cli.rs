@@ -1,0 +1,337 @@
+//! End-to-end tests of the `dlock` program, through the built binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A scratch directory with its own default lock file.
+struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `dlock` with the default backend in this scratch directory.
+    fn dlock(&self) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_dlock"));
+        command
+            .env("XDG_STATE_HOME", self.dir.path())
+            .env_remove("DLOCK_URL")
+            .stdin(Stdio::null());
+        command
+    }
+
+    fn output(&self, args: &[&str]) -> Output {
+        self.dlock().args(args).output().unwrap()
+    }
+
+    fn status_json(&self, id: &str) -> serde_json::Value {
+        let output = self.output(&["status", "--json", id]);
+        assert!(output.status.success(), "{output:?}");
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+
+    fn wait_until_held(&self, id: &str) {
+        wait_for(Duration::from_secs(10), || {
+            self.status_json(id)["held"] == true
+        });
+    }
+}
+
+fn wait_for(limit: Duration, mut condition: impl FnMut() -> bool) {
+    let give_up = Instant::now() + limit;
+    while !condition() {
+        assert!(Instant::now() < give_up, "not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_with_limit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let give_up = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > give_up {
+            let _ = child.kill();
+            panic!("dlock did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn log_run(log: &Path) -> String {
+    format!(
+        "echo \"start $DLOCK_FENCING_TOKEN\" >> {log}; sleep 0.3; echo \"end $DLOCK_FENCING_TOKEN\" >> {log}",
+        log = log.display()
+    )
+}
+
+#[test]
+fn runs_of_one_id_never_overlap_and_tokens_increase() {
+    let scratch = Scratch::new();
+    let log = scratch.path("log");
+    let runs: Vec<Child> = (0..3)
+        .map(|_| {
+            scratch
+                .dlock()
+                .args([
+                    "run",
+                    "--wait",
+                    "30s",
+                    "report",
+                    "--",
+                    "sh",
+                    "-c",
+                    &log_run(&log),
+                ])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut run in runs {
+        assert!(wait_with_limit(&mut run, Duration::from_secs(30)).success());
+    }
+    let log = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 6, "{log}");
+    let mut last = 0u64;
+    for pair in lines.chunks(2) {
+        let start = pair[0].strip_prefix("start ").expect("a start");
+        assert_eq!(
+            pair[1],
+            format!("end {start}"),
+            "two runs overlapped:\n{log}"
+        );
+        let token: u64 = start.parse().unwrap();
+        assert!(token > last, "token {token} after {last}");
+        last = token;
+    }
+}
+
+#[test]
+fn no_wait_against_a_held_lock_exits_75_naming_the_holder() {
+    let scratch = Scratch::new();
+    let mut holder = scratch
+        .dlock()
+        .args([
+            "run",
+            "--owner",
+            "nightly-holder",
+            "job",
+            "--",
+            "sleep",
+            "30",
+        ])
+        .spawn()
+        .unwrap();
+    scratch.wait_until_held("job");
+    let output = scratch.output(&["run", "--wait", "0", "job", "--", "true"]);
+    assert_eq!(output.status.code(), Some(75), "{output:?}");
+    let message = stderr(&output);
+    assert!(message.contains("held by nightly-holder"), "{message}");
+    assert_eq!(message.lines().count(), 1, "one line: {message}");
+    let waited = scratch.output(&["run", "--wait", "300ms", "job", "--", "true"]);
+    assert_eq!(waited.status.code(), Some(75));
+    assert!(
+        stderr(&waited).contains("gave up after"),
+        "{}",
+        stderr(&waited)
+    );
+
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(i32::try_from(holder.id()).unwrap()).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let status = wait_with_limit(&mut holder, Duration::from_secs(10));
+    assert_eq!(
+        status.code(),
+        Some(128 + 15),
+        "sleep died of the forwarded SIGTERM"
+    );
+    assert_eq!(scratch.status_json("job")["held"], false);
+}
+
+#[test]
+fn the_commands_exit_code_and_death_by_signal_pass_through() {
+    let scratch = Scratch::new();
+    let output = scratch.output(&["run", "a", "--", "sh", "-c", "exit 7"]);
+    assert_eq!(output.status.code(), Some(7));
+    let output = scratch.output(&["run", "a", "--", "sh", "-c", "kill -KILL $$"]);
+    assert_eq!(output.status.code(), Some(128 + 9));
+    let output = scratch.output(&[
+        "run",
+        "a",
+        "--",
+        "sh",
+        "-c",
+        "echo $DLOCK_LOCK_ID $DLOCK_OWNER $DLOCK_FENCING_TOKEN",
+    ]);
+    assert!(output.status.success());
+    let seen = String::from_utf8_lossy(&output.stdout);
+    let fields: Vec<&str> = seen.split_whitespace().collect();
+    assert_eq!(fields[0], "a");
+    assert!(fields[1].starts_with("dlock-"), "{seen}");
+    assert_eq!(fields[2], "3", "the third grant of lock a");
+    let output = scratch.output(&["run", "a", "--", "/no/such/command"]);
+    assert_eq!(output.status.code(), Some(127));
+    assert_eq!(
+        scratch.status_json("a")["held"],
+        false,
+        "released after a failed start"
+    );
+}
+
+#[test]
+fn sigterm_to_dlock_reaches_the_command_and_releases_the_lock() {
+    let scratch = Scratch::new();
+    let marker = scratch.path("got-term");
+    let script = format!(
+        "trap 'echo term > {}; exit 3' TERM; while :; do sleep 0.05; done",
+        marker.display()
+    );
+    let mut run = scratch
+        .dlock()
+        .args(["run", "service", "--", "sh", "-c", &script])
+        .spawn()
+        .unwrap();
+    scratch.wait_until_held("service");
+    let pid = rustix::process::Pid::from_raw(i32::try_from(run.id()).unwrap()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let status = wait_with_limit(&mut run, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(3));
+    assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), "term");
+    assert_eq!(scratch.status_json("service")["held"], false);
+}
+
+#[test]
+fn bad_arguments_and_urls_exit_64_with_a_clear_message() {
+    let scratch = Scratch::new();
+    let output = scratch.output(&["run", "--backend", "mongodb://db/x", "a", "--", "true"]);
+    assert_eq!(output.status.code(), Some(64));
+    assert!(
+        stderr(&output).contains("unknown backend scheme \"mongodb\""),
+        "{}",
+        stderr(&output)
+    );
+    let output = scratch.output(&["run", "--backend", "sqlite:", "a", "--", "true"]);
+    assert_eq!(output.status.code(), Some(64));
+    let output = scratch.output(&["run", "a"]);
+    assert_eq!(output.status.code(), Some(64), "a missing command");
+    let output = scratch.output(&["run", "--lease", "soon", "a", "--", "true"]);
+    assert_eq!(output.status.code(), Some(64));
+    let output = scratch.output(&["run", "--lease", "0", "a", "--", "true"]);
+    assert_eq!(output.status.code(), Some(64));
+    assert!(
+        stderr(&output).contains("lease must be longer than zero"),
+        "{}",
+        stderr(&output)
+    );
+    let output = scratch.output(&["status", "--backend", "memory:", "--json", "x"]);
+    assert!(output.status.success());
+    if !cfg!(feature = "postgres") {
+        let output = scratch.output(&[
+            "run",
+            "--backend",
+            "postgres://u:pw@h/db",
+            "a",
+            "--",
+            "true",
+        ]);
+        assert_eq!(output.status.code(), Some(64));
+        assert!(
+            stderr(&output).contains("enable the `postgres` feature"),
+            "{}",
+            stderr(&output)
+        );
+    }
+}
+
+#[cfg(feature = "postgres")]
+mod postgres {
+    use super::*;
+    use conformance_tests::fault_proxy::{FaultMode, FaultProxy};
+    use conformance_tests::harness::shared_postgres;
+
+    #[test]
+    fn an_unreachable_backend_exits_69_without_showing_the_password() {
+        let scratch = Scratch::new();
+        let output = scratch.output(&[
+            "run",
+            "--backend",
+            "postgres://app:hunter2@127.0.0.1:1/db",
+            "a",
+            "--",
+            "true",
+        ]);
+        assert_eq!(output.status.code(), Some(69), "{output:?}");
+        assert!(!stderr(&output).contains("hunter2"), "{}", stderr(&output));
+    }
+
+    #[test]
+    fn a_lost_lock_kills_the_command() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let Some(server) = runtime.block_on(async {
+            match shared_postgres().await {
+                Ok(server) => Some(server),
+                Err(error) => match error.skip_reason() {
+                    Some(reason) => {
+                        eprintln!("skipped: {reason}");
+                        None
+                    }
+                    None => panic!("{error}"),
+                },
+            }
+        }) else {
+            return;
+        };
+        let proxy = runtime.block_on(FaultProxy::start(server.addr())).unwrap();
+        let scratch = Scratch::new();
+        let url = server.url_via(proxy.listen_addr());
+        // The command ignores SIGTERM: only the SIGKILL after the grace ends it.
+        let mut run = scratch
+            .dlock()
+            .args([
+                "run",
+                "--backend",
+                &url,
+                "--lease",
+                "2s",
+                "--kill-grace",
+                "300ms",
+            ])
+            .args(["stubborn", "--", "sh", "-c", "trap '' TERM; exec sleep 60"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for(Duration::from_secs(10), || {
+            let output =
+                scratch.output(&["status", "--backend", server.url(), "--json", "stubborn"]);
+            serde_json::from_slice::<serde_json::Value>(&output.stdout)
+                .is_ok_and(|status| status["held"] == true)
+        });
+        proxy.set_mode(FaultMode::BlackHole);
+        let status = wait_with_limit(&mut run, Duration::from_secs(15));
+        assert_eq!(status.code(), Some(128 + 9), "killed by SIGKILL");
+        let mut message = String::new();
+        std::io::Read::read_to_string(&mut run.stderr.take().unwrap(), &mut message).unwrap();
+        assert!(message.contains("is expiring"), "{message}");
+        assert!(message.contains("was lost"), "{message}");
+        proxy.set_mode(FaultMode::PassThrough);
+        drop(proxy);
+    }
+}
