@@ -1,7 +1,7 @@
 //! One LISTEN connection per store, shared by all its waiters.
 //!
 //! Releases `NOTIFY` the store's channel with the key as payload; the
-//! listener task wakes the waiters of that key. Notifications sent while
+//! listener task wakes one waiter of that key in this process. Notifications sent while
 //! the connection is down are lost (sqlx reconnects, but LISTEN/NOTIFY has
 //! no replay), so every reconnect wakes every waiter, and waiters re-poll
 //! on a timer anyway.
@@ -74,9 +74,13 @@ impl Listener {
         }
     }
 
+    /// Wakes one waiter of `key`: only one can win the lock, and a crowd
+    /// of losers would cost a statement each per release. If the woken
+    /// waiter loses anyway, or was cancelled, the others still re-poll on
+    /// their timers, and the next release wakes another.
     fn wake(&self, key: &str) {
         if let Some(entry) = self.waiters().get(key) {
-            entry.notify.notify_waiters();
+            entry.notify.notify_one();
         }
     }
 

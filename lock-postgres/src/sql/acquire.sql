@@ -2,9 +2,22 @@
 -- $5 is 1 to mint a fencing token (the row's counter + 1), else 0.
 -- One row comes back: (true, token, previous owner) when granted, or
 -- (false, token, holder, remaining microseconds) when held.
-WITH attempt AS (
+--
+-- A key seen held in the statement's snapshot is answered from that read,
+-- without touching the row: failed attempts of waiters take no row lock
+-- and write nothing. Otherwise the upsert re-checks liveness on the latest
+-- row version under its lock; if someone won meanwhile, no row comes back
+-- and the caller asks again.
+WITH current AS (
+    SELECT owner, token,
+           (extract(epoch FROM expires_at - clock_timestamp()) * 1000000)::bigint AS remaining_us
+    FROM {table}
+    WHERE key = $1 AND lease_id IS NOT NULL AND expires_at > clock_timestamp()
+),
+attempt AS (
     INSERT INTO {table} AS l (key, owner, lease_id, expires_at, token, previous_owner)
-    VALUES ($1, $2, $3, clock_timestamp() + $4::bigint::float8 * interval '1 microsecond', $5, NULL)
+    SELECT $1, $2, $3, clock_timestamp() + $4::bigint::float8 * interval '1 microsecond', $5, NULL
+    WHERE NOT EXISTS (SELECT 1 FROM current)
     ON CONFLICT (key) DO UPDATE
     SET owner = excluded.owner,
         lease_id = excluded.lease_id,
@@ -17,9 +30,5 @@ WITH attempt AS (
 SELECT true AS granted, token, previous_owner AS owner, NULL::bigint AS remaining_us
 FROM attempt
 UNION ALL
-SELECT false, token, owner,
-       CASE WHEN lease_id IS NOT NULL AND expires_at > clock_timestamp()
-            THEN (extract(epoch FROM expires_at - clock_timestamp()) * 1000000)::bigint
-       END
-FROM {table}
-WHERE key = $1 AND NOT EXISTS (SELECT 1 FROM attempt)
+SELECT false, token, owner, remaining_us
+FROM current
