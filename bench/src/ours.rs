@@ -4,11 +4,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use lock_core::{
-    AcquireOutcome, AcquireRequest, Capabilities, Fencing, LeaseId, LeaseInfo, LeaseLocker,
-    LeaseStore, Locker, LockerOptions, ReleaseOutcome, RenewEntry, RenewOutcome, StoreError,
-};
+use conformance_tests::faulty::FaultyStore;
+use lock_core::{LeaseId, LeaseLocker, LeaseStore, Locker, LockerOptions, RenewEntry};
 
 use crate::measure::{Run, count, throughput};
 
@@ -31,44 +28,6 @@ pub(crate) async fn pairs<S: LeaseStore>(
     .await
 }
 
-/// Counts the renew calls a store receives.
-pub(crate) struct CountingStore<S> {
-    pub(crate) inner: S,
-    pub(crate) renew_calls: AtomicUsize,
-}
-
-#[async_trait]
-impl<S: LeaseStore> LeaseStore for CountingStore<S> {
-    async fn acquire(&self, request: AcquireRequest<'_>) -> Result<AcquireOutcome, StoreError> {
-        self.inner.acquire(request).await
-    }
-    async fn renew(
-        &self,
-        leases: &[RenewEntry<'_>],
-        ttl: Duration,
-    ) -> Result<Vec<RenewOutcome>, StoreError> {
-        self.renew_calls.fetch_add(1, Ordering::SeqCst);
-        self.inner.renew(leases, ttl).await
-    }
-    async fn release(
-        &self,
-        key: &str,
-        lease_id: LeaseId,
-        fencing: Fencing,
-    ) -> Result<ReleaseOutcome, StoreError> {
-        self.inner.release(key, lease_id, fencing).await
-    }
-    async fn inspect(&self, key: &str) -> Result<Option<LeaseInfo>, StoreError> {
-        self.inner.inspect(key).await
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    async fn wait_for_change(&self, key: &str, max: Duration) {
-        self.inner.wait_for_change(key, max).await;
-    }
-}
-
 /// What renewing many locks cost.
 pub(crate) struct Renewal {
     /// Store calls per heartbeat, counted over several heartbeats.
@@ -82,10 +41,7 @@ pub(crate) struct Renewal {
 
 /// Scenario 2: hold `n` locks through a counting store and watch renewals.
 pub(crate) async fn renewal<S: LeaseStore + Clone>(store: S, n: usize) -> Renewal {
-    let counting = Arc::new(CountingStore {
-        inner: store.clone(),
-        renew_calls: AtomicUsize::new(0),
-    });
+    let counting = Arc::new(FaultyStore::new(store.clone()));
     let heartbeat = Duration::from_secs(1);
     let options = LockerOptions::builder()
         .lease(Duration::from_secs(30))
@@ -105,9 +61,9 @@ pub(crate) async fn renewal<S: LeaseStore + Clone>(store: S, n: usize) -> Renewa
     }
     // Settle on a heartbeat boundary, then count three heartbeats.
     tokio::time::sleep(heartbeat + heartbeat / 2).await;
-    let before = counting.renew_calls.load(Ordering::SeqCst);
+    let before = counting.renew_calls();
     tokio::time::sleep(heartbeat * 3).await;
-    let calls = counting.renew_calls.load(Ordering::SeqCst) - before;
+    let calls = counting.renew_calls() - before;
     let batch_limit = store.capabilities().max_batch;
     let entries: Vec<(String, LeaseId)> = guards
         .iter()

@@ -11,6 +11,8 @@
 //!   the contention race writes through;
 //! - [`harness`]: throwaway redis-server, Redis Cluster, etcd (single and
 //!   cluster) and PostgreSQL instances on free loopback ports;
+//! - [`faulty::FaultyStore`]: a store wrapper that fails calls, loses
+//!   notifications and counts round trips, switchable at run time;
 //! - [`fault_proxy`]: a TCP proxy that black-holes, resets, delays or cuts
 //!   one direction at run time.
 //!
@@ -29,6 +31,7 @@
 
 pub mod cases;
 pub mod fault_proxy;
+pub mod faulty;
 pub mod harness;
 pub mod history;
 pub mod register;

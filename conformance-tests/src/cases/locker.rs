@@ -1,15 +1,12 @@
 //! Cases for `Locker` and `LockGuard` on top of the store.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use lock_core::{
-    AcquireOutcome, AcquireRequest, Capabilities, Fencing, LeaseId, LeaseInfo, LeaseLocker,
-    LeaseStore, LockError, LockStatus, Locker, LockerOptions, ReleaseOutcome, RenewEntry,
-    RenewOutcome, StoreError,
-};
+use lock_core::{Fencing, LeaseLocker, LeaseStore, LockError, LockStatus, Locker, LockerOptions};
 use tokio::time::Instant;
 
+use crate::faulty::FaultyStore;
 use crate::support::{StoreFactory, eventually, holder_of, locker, locker_options, unique_key};
 
 /// A second locker is told who holds the lock and for how long; the same
@@ -214,46 +211,12 @@ pub async fn locker_rejects_a_lease_below_the_store_minimum<F: StoreFactory>(fac
     }
 }
 
-/// A store whose change notifications never arrive: waits always sleep to
-/// their maximum although it claims native waits.
-struct DeafStore<S>(S);
-
-#[async_trait]
-impl<S: LeaseStore> LeaseStore for DeafStore<S> {
-    async fn acquire(&self, request: AcquireRequest<'_>) -> Result<AcquireOutcome, StoreError> {
-        self.0.acquire(request).await
-    }
-    async fn renew(
-        &self,
-        leases: &[RenewEntry<'_>],
-        ttl: Duration,
-    ) -> Result<Vec<RenewOutcome>, StoreError> {
-        self.0.renew(leases, ttl).await
-    }
-    async fn release(
-        &self,
-        key: &str,
-        lease_id: LeaseId,
-        fencing: Fencing,
-    ) -> Result<ReleaseOutcome, StoreError> {
-        self.0.release(key, lease_id, fencing).await
-    }
-    async fn inspect(&self, key: &str) -> Result<Option<LeaseInfo>, StoreError> {
-        self.0.inspect(key).await
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.0.capabilities().with_native_wait(true)
-    }
-    async fn wait_for_change(&self, _key: &str, max: Duration) {
-        tokio::time::sleep(max).await;
-    }
-}
-
 /// Waiters still get the lock, by re-polling, when every notification is
 /// lost.
 pub async fn locker_waiters_acquire_when_notifications_are_lost<F: StoreFactory>(factory: &F) {
     let alice = locker(factory, "alice").await;
-    let deaf = DeafStore(factory.connect().await);
+    let deaf = FaultyStore::new(factory.connect().await);
+    deaf.deaf.store(true, Ordering::SeqCst);
     let caps = deaf.capabilities();
     let bob = LeaseLocker::new(deaf, locker_options(&caps, "bob")).unwrap();
     let id = unique_key("locker_waiters_acquire_when_notifications_are_lost");
@@ -274,67 +237,13 @@ pub async fn locker_waiters_acquire_when_notifications_are_lost<F: StoreFactory>
     );
 }
 
-/// A store that stops answering renewals (and releases) on command, like a
-/// client cut off from its server.
-struct CutOffStore<S> {
-    inner: S,
-    cut: std::sync::atomic::AtomicBool,
-}
-
-impl<S> CutOffStore<S> {
-    fn check(&self) -> Result<(), StoreError> {
-        if self.cut.load(std::sync::atomic::Ordering::SeqCst) {
-            Err(StoreError::unavailable("cut off by the test"))
-        } else {
-            Ok(())
-        }
-    }
-}
-
-#[async_trait]
-impl<S: LeaseStore> LeaseStore for CutOffStore<S> {
-    async fn acquire(&self, request: AcquireRequest<'_>) -> Result<AcquireOutcome, StoreError> {
-        self.check()?;
-        self.inner.acquire(request).await
-    }
-    async fn renew(
-        &self,
-        leases: &[RenewEntry<'_>],
-        ttl: Duration,
-    ) -> Result<Vec<RenewOutcome>, StoreError> {
-        self.check()?;
-        self.inner.renew(leases, ttl).await
-    }
-    async fn release(
-        &self,
-        key: &str,
-        lease_id: LeaseId,
-        fencing: Fencing,
-    ) -> Result<ReleaseOutcome, StoreError> {
-        self.check()?;
-        self.inner.release(key, lease_id, fencing).await
-    }
-    async fn inspect(&self, key: &str) -> Result<Option<LeaseInfo>, StoreError> {
-        self.inner.inspect(key).await
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    async fn wait_for_change(&self, key: &str, max: Duration) {
-        self.inner.wait_for_change(key, max).await;
-    }
-}
-
 /// A holder cut off from the store warns at `warn_after`, expires at its
 /// local deadline while the store still has the lease, and another client
 /// gets the lock only once the store expired it.
 pub async fn locker_cut_off_holder_warns_then_expires_before_the_store<F: StoreFactory>(
     factory: &F,
 ) {
-    let cut = std::sync::Arc::new(CutOffStore {
-        inner: factory.connect().await,
-        cut: std::sync::atomic::AtomicBool::new(false),
-    });
+    let cut = std::sync::Arc::new(FaultyStore::new(factory.connect().await));
     let caps = cut.capabilities();
     let alice = LeaseLocker::from_arc(cut.clone(), locker_options(&caps, "alice")).unwrap();
     let bob = locker(factory, "bob").await;
@@ -342,19 +251,14 @@ pub async fn locker_cut_off_holder_warns_then_expires_before_the_store<F: StoreF
     let acquired = Instant::now();
     let guard = alice.try_lock(&id).await.unwrap();
     let mut warnings = guard.warnings().expect("warnings are on");
-    cut.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    cut.set_cut(true);
 
     assert_eq!(warnings.recv().await.as_deref(), Some(id.as_str()));
     assert!(acquired.elapsed() >= alice.options().warn_after());
     assert_eq!(guard.lost().await, LockStatus::Lost);
     let expired = Instant::now();
     // The store must still hold the lease: the holder gave up first.
-    let holder = cut
-        .inner
-        .inspect(&id)
-        .await
-        .unwrap()
-        .and_then(|info| info.holder);
+    let holder = cut.inspect(&id).await.unwrap().and_then(|info| info.holder);
     assert_eq!(
         holder.map(|h| h.owner).as_deref(),
         Some("alice"),
