@@ -210,10 +210,10 @@ impl FaultProxy {
     /// of the proxy's tasks have ended.
     pub async fn shutdown(mut self) {
         self.stop.send_replace(true);
-        if let Some(accept_task) = self.accept_task.take() {
-            if let Err(error) = accept_task.await {
-                warn!(%error, "fault proxy accept task ended abnormally");
-            }
+        if let Some(accept_task) = self.accept_task.take()
+            && let Err(error) = accept_task.await
+        {
+            warn!(%error, "fault proxy accept task ended abnormally");
         }
     }
 }

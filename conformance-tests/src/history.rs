@@ -248,17 +248,17 @@ fn check_tokens(events: &[&Event]) -> Result<(), Violation> {
             token: Some(token), ..
         } = &event.kind
         {
-            if let Some((previous, _)) = last {
-                if token <= previous {
-                    return Err(violation(
-                        format!(
-                            "fencing token {token} granted after {previous} on key {}",
-                            event.key
-                        ),
-                        events,
-                        i,
-                    ));
-                }
+            if let Some((previous, _)) = last
+                && token <= previous
+            {
+                return Err(violation(
+                    format!(
+                        "fencing token {token} granted after {previous} on key {}",
+                        event.key
+                    ),
+                    events,
+                    i,
+                ));
             }
             last = Some((token, i));
         }
@@ -289,17 +289,18 @@ fn check_register(events: &[&Event]) -> Result<(), Violation> {
 
 fn check_expiry(events: &[&Event], tolerance: Duration) -> Result<(), Violation> {
     for (i, event) in events.iter().enumerate() {
-        if let EventKind::Expired { deadline } = event.kind {
-            if deadline > Duration::ZERO && event.at > deadline + tolerance {
-                return Err(violation(
-                    format!(
-                        "expiry observed at {:?}, after the deadline {deadline:?} (tolerance {tolerance:?})",
-                        event.at
-                    ),
-                    events,
-                    i,
-                ));
-            }
+        if let EventKind::Expired { deadline } = event.kind
+            && deadline > Duration::ZERO
+            && event.at > deadline + tolerance
+        {
+            return Err(violation(
+                format!(
+                    "expiry observed at {:?}, after the deadline {deadline:?} (tolerance {tolerance:?})",
+                    event.at
+                ),
+                events,
+                i,
+            ));
         }
     }
     Ok(())

@@ -53,15 +53,15 @@ impl FencedRegister {
     /// [`StaleToken`] when a token at least as large was accepted before.
     pub fn increment(&self, token: &FencingToken) -> Result<u64, StaleToken> {
         let mut state = self.state();
-        if let Some(last) = &state.last {
-            if token <= last {
-                let error = StaleToken {
-                    offered: token.clone(),
-                    last: last.clone(),
-                };
-                state.rejected.push(token.clone());
-                return Err(error);
-            }
+        if let Some(last) = &state.last
+            && token <= last
+        {
+            let error = StaleToken {
+                offered: token.clone(),
+                last: last.clone(),
+            };
+            state.rejected.push(token.clone());
+            return Err(error);
         }
         state.last = Some(token.clone());
         state.value += 1;

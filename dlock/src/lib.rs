@@ -5,8 +5,10 @@
 //!
 //! | URL | backend | cargo feature |
 //! | --- | --- | --- |
-//! | `sqlite:PATH` or `sqlite://PATH` | [`lock_sqlite::SqliteStore`], one file shared by the processes of a host | `sqlite` (default) |
-//! | `postgres://user:pass@host:port/db` (or `postgresql://`) | [`lock_postgres::PostgresStore`] | `postgres` |
+//! | `sqlite:PATH` or `sqlite://PATH` | `lock_sqlite::SqliteStore`, one file shared by the processes of a host | `sqlite` (default) |
+//! | `postgres://user:pass@host:port/db` (or `postgresql://`) | `lock_postgres::PostgresStore` | `postgres` |
+//! | `redis://[user:pass@]host:port[/db]`, `rediss://` (TLS) | `lock_redis::RedisStore`, one server | `redis` |
+//! | `redis+cluster://host:port,host:port`, `rediss+cluster://` | `lock_redis::RedisStore`, a Redis Cluster | `redis` |
 //! | `memory:` | [`MemoryStore`], this process only | always |
 //!
 //! # Examples
@@ -39,6 +41,8 @@ pub enum Backend {
     Sqlite,
     /// `postgres://` / `postgresql://`
     Postgres,
+    /// `redis://`, `rediss://`, `redis+cluster://`, `rediss+cluster://`
+    Redis,
 }
 
 impl Backend {
@@ -48,6 +52,7 @@ impl Backend {
             Self::Memory => None,
             Self::Sqlite => Some("sqlite"),
             Self::Postgres => Some("postgres"),
+            Self::Redis => Some("redis"),
         }
     }
 
@@ -57,6 +62,7 @@ impl Backend {
             Self::Memory => true,
             Self::Sqlite => cfg!(feature = "sqlite"),
             Self::Postgres => cfg!(feature = "postgres"),
+            Self::Redis => cfg!(feature = "redis"),
         }
     }
 
@@ -76,6 +82,9 @@ impl Backend {
             "memory" => Ok(Self::Memory),
             "sqlite" => Ok(Self::Sqlite),
             "postgres" | "postgresql" => Ok(Self::Postgres),
+            "redis" | "rediss" | "redis+cluster" | "rediss+cluster" | "redis+unix" => {
+                Ok(Self::Redis)
+            }
             other => Err(OpenError::UnknownScheme {
                 scheme: other.to_owned(),
             }),
@@ -89,6 +98,7 @@ impl fmt::Display for Backend {
             Self::Memory => "memory",
             Self::Sqlite => "sqlite",
             Self::Postgres => "postgres",
+            Self::Redis => "redis",
         })
     }
 }
@@ -98,7 +108,9 @@ impl fmt::Display for Backend {
 #[non_exhaustive]
 pub enum OpenError {
     /// The URL's scheme names no backend.
-    #[error("unknown backend scheme {scheme:?}: use sqlite:PATH, postgres://..., or memory:")]
+    #[error(
+        "unknown backend scheme {scheme:?}: use sqlite:PATH, postgres://..., redis://..., redis+cluster://..., or memory:"
+    )]
     UnknownScheme {
         /// The scheme found.
         scheme: String,
@@ -156,13 +168,13 @@ pub async fn open(url: &str, options: LockerOptions) -> Result<Arc<dyn Locker>, 
         #[cfg(feature = "sqlite")]
         Backend::Sqlite => {
             let path = sqlite_path(url)?;
-            if let Some(parent) = std::path::Path::new(&path).parent() {
-                if !parent.as_os_str().is_empty() {
-                    std::fs::create_dir_all(parent).map_err(|error| OpenError::InvalidUrl {
-                        url: redact(url),
-                        reason: format!("cannot create {}: {error}", parent.display()),
-                    })?;
-                }
+            if let Some(parent) = std::path::Path::new(&path).parent()
+                && !parent.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(parent).map_err(|error| OpenError::InvalidUrl {
+                    url: redact(url),
+                    reason: format!("cannot create {}: {error}", parent.display()),
+                })?;
             }
             let store = lock_sqlite::SqliteStore::open(&path)
                 .await
@@ -180,6 +192,20 @@ pub async fn open(url: &str, options: LockerOptions) -> Result<Arc<dyn Locker>, 
                     },
                     _ => store_error(source),
                 })?;
+            Ok(Arc::new(LeaseLocker::new(store, options)?))
+        }
+        #[cfg(feature = "redis")]
+        Backend::Redis => {
+            let store =
+                lock_redis::RedisStore::connect(url)
+                    .await
+                    .map_err(|source| match source.kind() {
+                        StoreErrorKind::Invalid => OpenError::InvalidUrl {
+                            url: redact(url),
+                            reason: source.message().to_owned(),
+                        },
+                        _ => store_error(source),
+                    })?;
             Ok(Arc::new(LeaseLocker::new(store, options)?))
         }
         #[allow(unreachable_patterns)]
@@ -235,6 +261,11 @@ mod tests {
             Backend::Postgres
         );
         assert_eq!(Backend::of_url("memory:").unwrap(), Backend::Memory);
+        assert_eq!(Backend::of_url("rediss://h:6380").unwrap(), Backend::Redis);
+        assert_eq!(
+            Backend::of_url("redis+cluster://a:1,b:2").unwrap(),
+            Backend::Redis
+        );
         let unknown = Backend::of_url("mongodb://h").unwrap_err();
         assert!(unknown.to_string().contains("sqlite:PATH"), "{unknown}");
         assert!(matches!(

@@ -59,7 +59,8 @@ enum Command {
 
 #[derive(Args)]
 struct BackendArg {
-    /// Backend URL: sqlite:PATH, postgres://..., memory:. Default: a SQLite
+    /// Backend URL: sqlite:PATH, postgres://..., redis://..., redis+cluster://...,
+    /// memory:. Default: a SQLite
     /// file in the user's state directory.
     #[arg(long, env = "DLOCK_URL", hide_env_values = true, value_name = "URL")]
     backend: Option<String>,

@@ -82,22 +82,23 @@ fn log_run(log: &Path) -> String {
 
 #[test]
 fn runs_of_one_id_never_overlap_and_tokens_increase() {
+    runs_take_turns(None);
+}
+
+/// Three runs of one id at once, on `backend` (default: the SQLite file):
+/// the commands never overlap and see increasing tokens.
+fn runs_take_turns(backend: Option<&str>) {
     let scratch = Scratch::new();
     let log = scratch.path("log");
     let runs: Vec<Child> = (0..3)
         .map(|_| {
-            scratch
-                .dlock()
-                .args([
-                    "run",
-                    "--wait",
-                    "30s",
-                    "report",
-                    "--",
-                    "sh",
-                    "-c",
-                    &log_run(&log),
-                ])
+            let mut command = scratch.dlock();
+            if let Some(backend) = backend {
+                command.env("DLOCK_URL", backend);
+            }
+            command
+                .args(["run", "--wait", "30s", "report", "--", "sh", "-c"])
+                .arg(log_run(&log))
                 .spawn()
                 .unwrap()
         })
@@ -258,6 +259,36 @@ fn bad_arguments_and_urls_exit_64_with_a_clear_message() {
             "{}",
             stderr(&output)
         );
+    }
+}
+
+#[cfg(feature = "redis")]
+mod redis {
+    use super::*;
+    use conformance_tests::harness::RedisServer;
+
+    #[test]
+    fn runs_take_turns_on_redis_and_an_unreachable_one_exits_69() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let server = match runtime.block_on(RedisServer::start()) {
+            Ok(server) => server,
+            Err(error) => match error.skip_reason() {
+                Some(reason) => return eprintln!("skipped: {reason}"),
+                None => panic!("{error}"),
+            },
+        };
+        runs_take_turns(Some(server.url()));
+        let scratch = Scratch::new();
+        let output = scratch.output(&[
+            "run",
+            "--backend",
+            "redis://:pw@127.0.0.1:1",
+            "a",
+            "--",
+            "true",
+        ]);
+        assert_eq!(output.status.code(), Some(69), "{output:?}");
+        assert!(!stderr(&output).contains("pw@"), "{}", stderr(&output));
     }
 }
 

@@ -392,14 +392,13 @@ impl<S: LeaseStore> Link for Core<S> {
     }
 
     fn release_in_background(&self, state: &SharedState) {
-        if let Some(handle) = self.scheduler.get() {
-            if handle
+        if let Some(handle) = self.scheduler.get()
+            && handle
                 .commands
                 .send(Command::ReleaseLock(state.clone()))
                 .is_ok()
-            {
-                return;
-            }
+        {
+            return;
         }
         self.release_detached(state.key.clone(), state.lease_id);
     }

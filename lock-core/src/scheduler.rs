@@ -160,10 +160,11 @@ impl<S: LeaseStore> Scheduler<S> {
                     round = self.start_round();
                 }
                 Some(error) = self.releases.next(), if !self.releases.is_empty() => {
-                    if let Some(error) = error {
-                        if self.closing && self.close_error.is_none() {
-                            self.close_error = Some(error);
-                        }
+                    if let Some(error) = error
+                        && self.closing
+                        && self.close_error.is_none()
+                    {
+                        self.close_error = Some(error);
                     }
                     self.start_queued_releases();
                 }

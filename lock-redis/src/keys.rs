@@ -152,7 +152,13 @@ mod tests {
         assert_eq!(owner_of("k", value.as_bytes()).unwrap(), "a:b\n🔒");
         assert!(owner_of("k", b"short").is_err());
         let holder = holder_of("k", value.as_bytes(), 1500).unwrap();
-        assert_eq!(holder.remaining, Some(std::time::Duration::from_millis(1500)));
-        assert_eq!(holder_of("k", value.as_bytes(), -1).unwrap().remaining, None);
+        assert_eq!(
+            holder.remaining,
+            Some(std::time::Duration::from_millis(1500))
+        );
+        assert_eq!(
+            holder_of("k", value.as_bytes(), -1).unwrap().remaining,
+            None
+        );
     }
 }

@@ -36,6 +36,24 @@
 //! # }
 //! ```
 //!
+//! # Connecting
+//!
+//! [`RedisStore::connect`] takes a URL; [`RedisStore::builder`] also sets
+//! the key prefix, the renewal batch limit, timeouts and a private TLS root
+//! certificate.
+//!
+//! | URL | connects to |
+//! | --- | --- |
+//! | `redis://[user:password@]host[:port][/db]` | one server (or a proxy in front of one) |
+//! | `rediss://...` | the same over TLS |
+//! | `redis+cluster://[user:password@]host:port[,host:port...][/?query]` | a Redis Cluster, discovered from any of the listed nodes; credentials and query apply to every node |
+//! | `rediss+cluster://...` | the same over TLS |
+//! | `redis+unix:///path/to/socket`, `unix:///path/to/socket` | one server on a Unix socket |
+//!
+//! The store opens one connection (one per node in a Cluster), which
+//! reconnects by itself; it is shared by all clones of the store and
+//! carries the change notifications as well (RESP3).
+//!
 //! # What it guarantees, and what it does not
 //!
 //! **A single Redis server, and Redis with replicas, give efficiency

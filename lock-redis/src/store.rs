@@ -16,7 +16,7 @@ use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::{
     Client, Cmd, IntoConnectionInfo, ProtocolVersion, PushInfo, RedisResult, Script,
-    ScriptInvocation, Value,
+    ScriptInvocation, TlsCertificates, Value,
 };
 use tokio::time::Instant;
 
@@ -156,6 +156,7 @@ pub struct RedisStoreBuilder {
     max_batch: usize,
     connect_timeout: Duration,
     response_timeout: Option<Duration>,
+    root_certificate: Option<Vec<u8>>,
 }
 
 impl fmt::Debug for RedisStoreBuilder {
@@ -166,6 +167,7 @@ impl fmt::Debug for RedisStoreBuilder {
             .field("max_batch", &self.max_batch)
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
+            .field("root_certificate", &self.root_certificate.is_some())
             .finish()
     }
 }
@@ -201,6 +203,16 @@ impl RedisStoreBuilder {
     #[must_use]
     pub fn response_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.response_timeout = timeout;
+        self
+    }
+
+    /// Trusts the certificate authorities of `pem` (PEM-encoded) instead of
+    /// the system's for `rediss://` and `rediss+cluster://` (a private CA,
+    /// as most Redis deployments with TLS have). Ignored for plain
+    /// connections.
+    #[must_use]
+    pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.root_certificate = Some(pem.into());
         self
     }
 
@@ -242,7 +254,12 @@ impl RedisStoreBuilder {
                     .redis_settings()
                     .clone()
                     .set_protocol(ProtocolVersion::RESP3);
-                let client = Client::open(info.set_redis_settings(settings)).map_err(map)?;
+                let info = info.set_redis_settings(settings);
+                let client = match (&self.root_certificate, target.is_tls()) {
+                    (Some(pem), true) => Client::build_with_tls(info, certificates(pem)),
+                    _ => Client::open(info),
+                }
+                .map_err(map)?;
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(self.connect_timeout))
                     .set_response_timeout(self.response_timeout)
@@ -266,6 +283,9 @@ impl RedisStoreBuilder {
                 if let Some(timeout) = self.response_timeout {
                     builder = builder.response_timeout(timeout);
                 }
+                if let (Some(pem), true) = (&self.root_certificate, target.is_tls()) {
+                    builder = builder.certs(certificates(pem));
+                }
                 let client = builder.build().map_err(map)?;
                 Conn::Cluster(client.get_async_connection().await.map_err(map)?)
             }
@@ -284,6 +304,13 @@ impl RedisStoreBuilder {
     }
 }
 
+fn certificates(pem: &[u8]) -> TlsCertificates {
+    TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem.to_vec()),
+    }
+}
+
 /// Installs rustls's `ring` provider for `rediss://` unless the program
 /// installed a provider of its own.
 fn ensure_crypto_provider() {
@@ -297,7 +324,8 @@ impl RedisStore {
     /// Connects to `url` with the default prefix, batch limit and timeouts:
     ///
     /// - `redis://[user:password@]host[:port][/db]`: one server;
-    /// - `rediss://...`: one server over TLS (system root certificates);
+    /// - `rediss://...`: one server over TLS (system root certificates, or
+    ///   those given to [`RedisStoreBuilder::tls_root_certificate`]);
     /// - `redis+cluster://[user:password@]host:port[,host:port...]` (and
     ///   `rediss+cluster://` for TLS): a Redis Cluster, from any of its
     ///   nodes; the credentials and query apply to every node;
@@ -319,6 +347,7 @@ impl RedisStore {
             max_batch: DEFAULT_MAX_BATCH,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             response_timeout: Some(DEFAULT_RESPONSE_TIMEOUT),
+            root_certificate: None,
         }
     }
 
@@ -363,7 +392,10 @@ impl RedisStore {
         ttl_ms: u64,
     ) -> Result<Vec<(usize, RenewOutcome)>, StoreError> {
         let first_key = entries.first().map_or("", |(_, entry)| entry.key);
-        let keys: Vec<RedisKeys> = entries.iter().map(|(_, e)| self.redis_keys(e.key)).collect();
+        let keys: Vec<RedisKeys> = entries
+            .iter()
+            .map(|(_, e)| self.redis_keys(e.key))
+            .collect();
         let mut invocation = RENEW.prepare_invoke();
         invocation.arg(ttl_ms);
         for ((_, entry), names) in entries.iter().zip(&keys) {
@@ -379,7 +411,11 @@ impl RedisStore {
             return Err(unexpected_reply("renew", first_key, "not an array"));
         };
         if codes.len() != entries.len() {
-            return Err(unexpected_reply("renew", first_key, "wrong number of outcomes"));
+            return Err(unexpected_reply(
+                "renew",
+                first_key,
+                "wrong number of outcomes",
+            ));
         }
         let applied = Duration::from_millis(ttl_ms);
         let mut outcomes = Vec::with_capacity(entries.len());
@@ -443,7 +479,12 @@ fn reply_items(op: &str, key: &str, reply: Value) -> Result<(Vec<u8>, Vec<Value>
     Ok((status, items))
 }
 
-fn bytes_at<'a>(op: &str, key: &str, items: &'a [Value], index: usize) -> Result<&'a [u8], StoreError> {
+fn bytes_at<'a>(
+    op: &str,
+    key: &str,
+    items: &'a [Value],
+    index: usize,
+) -> Result<&'a [u8], StoreError> {
     match items.get(index) {
         Some(Value::BulkString(bytes)) => Ok(bytes),
         Some(Value::SimpleString(text)) => Ok(text.as_bytes()),
@@ -550,7 +591,12 @@ impl LeaseStore for RedisStore {
                 batches.push(chunk.to_vec());
             }
         }
-        let results = join_all(batches.into_iter().map(|batch| self.renew_batch(batch, ttl_ms))).await;
+        let results = join_all(
+            batches
+                .into_iter()
+                .map(|batch| self.renew_batch(batch, ttl_ms)),
+        )
+        .await;
         let mut outcomes = vec![RenewOutcome::Lost; leases.len()];
         for result in results {
             for (index, outcome) in result? {
@@ -679,7 +725,12 @@ impl LeaseStore for RedisStore {
         // Subscribed: now see whether the key is still held, and for how
         // long (expiry is not notified).
         let mut wake_at = give_up;
-        match tokio::time::timeout_at(give_up, self.inner.conn.query(redis::cmd("PTTL").arg(&keys.lock))).await {
+        match tokio::time::timeout_at(
+            give_up,
+            self.inner.conn.query(redis::cmd("PTTL").arg(&keys.lock)),
+        )
+        .await
+        {
             Ok(Ok(Value::Int(-2))) => return,
             Ok(Ok(Value::Int(ms))) if ms >= 0 => {
                 let ms = u64::try_from(ms).unwrap_or(0);

@@ -13,6 +13,26 @@ pub(crate) enum Target {
     Cluster { nodes: Vec<String>, tls: bool },
 }
 
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Single { url, tls } => f
+                .debug_struct("Single")
+                .field("url", &redact(url))
+                .field("tls", tls)
+                .finish(),
+            Self::Cluster { nodes, tls } => f
+                .debug_struct("Cluster")
+                .field(
+                    "nodes",
+                    &nodes.iter().map(|n| redact(n)).collect::<Vec<_>>(),
+                )
+                .field("tls", tls)
+                .finish(),
+        }
+    }
+}
+
 impl Target {
     /// Parses `url`.
     ///

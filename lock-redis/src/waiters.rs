@@ -41,9 +41,7 @@ pub(crate) struct Entered {
 impl Waiters {
     fn channels(&self) -> MutexGuard<'_, HashMap<Vec<u8>, Channel>> {
         // Every update under this lock is complete before it can panic.
-        self.channels
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.channels.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Registers a waiter on `channel`.
@@ -117,10 +115,10 @@ impl Waiters {
     pub(crate) fn on_push(&self, push: &PushInfo) {
         match push.kind {
             PushKind::Message | PushKind::SMessage => {
-                if let Some(Value::BulkString(channel)) = push.data.first() {
-                    if let Some(entry) = self.channels().get(channel.as_slice()) {
-                        entry.notify.notify_waiters();
-                    }
+                if let Some(Value::BulkString(channel)) = push.data.first()
+                    && let Some(entry) = self.channels().get(channel.as_slice())
+                {
+                    entry.notify.notify_waiters();
                 }
             }
             PushKind::Disconnection => {
@@ -179,7 +177,10 @@ mod tests {
         notified.as_mut().enable();
         waiters.on_push(&PushInfo {
             kind: PushKind::Message,
-            data: vec![Value::BulkString(b"c".to_vec()), Value::BulkString(b"x".to_vec())],
+            data: vec![
+                Value::BulkString(b"c".to_vec()),
+                Value::BulkString(b"x".to_vec()),
+            ],
         });
         tokio::time::timeout(Duration::from_secs(1), notified)
             .await

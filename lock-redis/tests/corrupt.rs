@@ -19,7 +19,10 @@ const TTL: Duration = Duration::from_secs(30);
 
 async fn redis(server: &RedisServer, args: &[&str]) {
     let reply = server.command(args).await.expect("redis-cli command");
-    assert!(!matches!(reply, RedisReply::Error(_)), "{args:?}: {reply:?}");
+    assert!(
+        !matches!(reply, RedisReply::Error(_)),
+        "{args:?}: {reply:?}"
+    );
 }
 
 fn assert_corrupt(error: &StoreError, key: &str, redis_key: &str) {
@@ -37,7 +40,11 @@ fn garbage(name: &str) -> Vec<Vec<String>> {
         vec!["SET".into(), name.into(), "notours".into()],
         vec!["HSET".into(), name.into(), "field".into(), "value".into()],
         vec!["RPUSH".into(), name.into(), "item".into()],
-        vec!["SET".into(), name.into(), format!("{}-owner", "z".repeat(32))],
+        vec![
+            "SET".into(),
+            name.into(),
+            format!("{}-owner", "z".repeat(32)),
+        ],
     ]
 }
 
@@ -52,7 +59,13 @@ async fn an_overwritten_lock_key_is_a_corrupt_error_naming_the_key() {
             let (lease, _) = grant(&store, &key, "alice", TTL).await;
             let command: Vec<String> = command
                 .into_iter()
-                .map(|arg| if arg == "LOCK" { names.lock.clone() } else { arg })
+                .map(|arg| {
+                    if arg == "LOCK" {
+                        names.lock.clone()
+                    } else {
+                        arg
+                    }
+                })
                 .collect();
             redis(server, &["DEL", &names.lock]).await;
             let args: Vec<&str> = command.iter().map(String::as_str).collect();
@@ -63,10 +76,19 @@ async fn an_overwritten_lock_key_is_a_corrupt_error_naming_the_key() {
             assert_corrupt(&error, &key, &names.lock);
             let error = store.inspect(&key).await.unwrap_err();
             assert_corrupt(&error, &key, &names.lock);
-            let error = store.release(&key, lease, Fencing::Enabled).await.unwrap_err();
+            let error = store
+                .release(&key, lease, Fencing::Enabled)
+                .await
+                .unwrap_err();
             assert_corrupt(&error, &key, &names.lock);
-            let entry = [RenewEntry { key: &key, lease_id: lease }];
-            assert_eq!(store.renew(&entry, TTL).await.unwrap(), [RenewOutcome::Lost]);
+            let entry = [RenewEntry {
+                key: &key,
+                lease_id: lease,
+            }];
+            assert_eq!(
+                store.renew(&entry, TTL).await.unwrap(),
+                [RenewOutcome::Lost]
+            );
             // Nothing was changed by any of these.
             let kind = server.command(&["TYPE", &names.lock]).await.unwrap();
             assert_ne!(kind.as_text().as_deref(), Some("none"), "{command:?}");
@@ -93,7 +115,13 @@ async fn an_overwritten_fencing_key_is_a_corrupt_error_naming_it() {
             let names = store.redis_keys(&key);
             let args: Vec<&str> = command
                 .iter()
-                .map(|arg| if *arg == "FENCE" { names.fence.as_str() } else { arg })
+                .map(|arg| {
+                    if *arg == "FENCE" {
+                        names.fence.as_str()
+                    } else {
+                        arg
+                    }
+                })
                 .collect();
             redis(server, &args).await;
             let request = AcquireRequest::new(&key, "bob", LeaseId::random(), TTL);
@@ -129,14 +157,20 @@ async fn one_overwritten_key_loses_only_its_own_lease_in_a_renewal_batch() {
         redis(server, &["SET", &victim, "notours"]).await;
         let entries: Vec<RenewEntry<'_>> = held
             .iter()
-            .map(|(key, lease_id)| RenewEntry { key, lease_id: *lease_id })
+            .map(|(key, lease_id)| RenewEntry {
+                key,
+                lease_id: *lease_id,
+            })
             .collect();
         let outcomes = store.renew(&entries, TTL).await.unwrap();
         for (i, outcome) in outcomes.iter().enumerate() {
             if i == 2 {
                 assert_eq!(*outcome, RenewOutcome::Lost);
             } else {
-                assert!(matches!(outcome, RenewOutcome::Renewed { .. }), "{i}: {outcome:?}");
+                assert!(
+                    matches!(outcome, RenewOutcome::Renewed { .. }),
+                    "{i}: {outcome:?}"
+                );
             }
         }
     })

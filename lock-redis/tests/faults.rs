@@ -49,7 +49,10 @@ async fn holder(locker: &LeaseLocker<RedisStore>, id: &str) -> Option<String> {
 async fn wait_free(locker: &LeaseLocker<RedisStore>, id: &str, limit: Duration) {
     let give_up = Instant::now() + limit;
     while holder(locker, id).await.is_some() {
-        assert!(Instant::now() < give_up, "{id:?} still held after {limit:?}");
+        assert!(
+            Instant::now() < give_up,
+            "{id:?} still held after {limit:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -109,7 +112,13 @@ async fn reset_during_acquire_leaves_no_renewed_lease() {
         let bob = locker(server.url(), "bob").await;
         let id = unique_key("reset-during-acquire");
         // Warm the connection and the script cache up.
-        alice.try_lock(&unique_key("warm-up")).await.unwrap().unlock().await.unwrap();
+        alice
+            .try_lock(&unique_key("warm-up"))
+            .await
+            .unwrap()
+            .unlock()
+            .await
+            .unwrap();
 
         // The request gets through, the grant does not come back.
         proxy.set_mode(FaultMode::CutServerToClient);
@@ -119,7 +128,10 @@ async fn reset_during_acquire_leaves_no_renewed_lease() {
         });
         let give_up = Instant::now() + Duration::from_secs(5);
         while holder(&bob, &id).await.is_none() {
-            assert!(Instant::now() < give_up, "the acquisition never reached Redis");
+            assert!(
+                Instant::now() < give_up,
+                "the acquisition never reached Redis"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         proxy.set_mode(FaultMode::Reset);
@@ -188,7 +200,11 @@ async fn latency_above_the_ttl_never_gives_two_holders() {
             Err(LockError::Store(error)) => assert!(error.is_retryable(), "{error}"),
             other => panic!("expected a store timeout, got {other:?}"),
         }
-        assert!(sent.elapsed() < Duration::from_secs(1), "{:?}", sent.elapsed());
+        assert!(
+            sent.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            sent.elapsed()
+        );
         assert_eq!(alice.held_count(), 0);
         // The late grant lands on Redis after the latency, and is never
         // renewed: gone within latency + ttl (sooner when the background

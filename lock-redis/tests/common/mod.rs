@@ -21,7 +21,11 @@ pub fn cluster_url(cluster: &RedisCluster) -> String {
     let hosts: Vec<String> = cluster
         .urls()
         .iter()
-        .map(|url| url.trim_start_matches("redis://").trim_end_matches('/').to_owned())
+        .map(|url| {
+            url.trim_start_matches("redis://")
+                .trim_end_matches('/')
+                .to_owned()
+        })
         .collect();
     format!("redis+cluster://{}", hosts.join(","))
 }
