@@ -18,6 +18,7 @@ mod measure;
 mod memory;
 mod ours;
 mod postgres;
+mod redis;
 mod report;
 
 use std::path::PathBuf;
@@ -53,7 +54,7 @@ impl Settings {
     }
 }
 
-const BACKENDS: [&str; 2] = ["memory", "postgres"];
+const BACKENDS: [&str; 3] = ["memory", "postgres", "redis"];
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> std::process::ExitCode {
@@ -100,6 +101,7 @@ async fn main() -> std::process::ExitCode {
                 Ok(())
             }
             "postgres" => postgres::run(&settings, &mut rows, &mut versions).await,
+            "redis" => redis::run(&settings, &mut rows, &mut versions).await,
             other => Err(format!(
                 "unknown backend {other:?} (known: {})",
                 BACKENDS.join(", ")

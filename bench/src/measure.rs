@@ -10,7 +10,9 @@ pub(crate) struct Run {
     pub(crate) latencies: Vec<Duration>,
 }
 
-/// Runs `op(i)` for `ops` values of `i`, split over `tasks` tasks.
+/// Runs `op(task)` `ops` times in all, split over `tasks` tasks; each task
+/// passes its own index, so a task can reuse its key (distinct keys across
+/// tasks, the same key within one, as a job locking its own id does).
 pub(crate) async fn throughput<F, Fut>(tasks: usize, ops: usize, op: F) -> Run
 where
     F: Fn(usize) -> Fut + Clone + Send + Sync + 'static,
@@ -23,9 +25,9 @@ where
             let op = op.clone();
             tokio::spawn(async move {
                 let mut latencies = Vec::with_capacity(per_task);
-                for i in 0..per_task {
+                for _ in 0..per_task {
                     let began = Instant::now();
-                    op(t * per_task + i).await;
+                    op(t).await;
                     latencies.push(began.elapsed());
                 }
                 latencies

@@ -18,8 +18,8 @@ pub(crate) async fn pairs<S: LeaseStore>(
 ) -> Run {
     let locker = locker.clone();
     let tag = tag.to_owned();
-    throughput(tasks, ops, move |i| {
-        let (locker, key) = (locker.clone(), format!("bench-pairs-{tag}-{i}"));
+    throughput(tasks, ops, move |task| {
+        let (locker, key) = (locker.clone(), format!("bench-pairs-{tag}-{task}"));
         async move {
             let guard = locker.try_lock(&key).await.expect("uncontended acquire");
             guard.unlock().await.expect("release");

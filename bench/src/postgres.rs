@@ -142,8 +142,8 @@ fn lockers(store: &PostgresStore, n: usize) -> Vec<LeaseLocker<PostgresStore>> {
 
 async fn raw_pairs(pool: &PgPool, tasks: usize, ops: usize, rep: usize) -> crate::measure::Run {
     let pool = pool.clone();
-    throughput(tasks, ops, move |i| {
-        let (pool, key) = (pool.clone(), format!("raw-{tasks}-{rep}-{i}"));
+    throughput(tasks, ops, move |task| {
+        let (pool, key) = (pool.clone(), format!("raw-{tasks}-{rep}-{task}"));
         async move {
             sqlx::query("INSERT INTO bench_raw_locks VALUES ($1, 'o', clock_timestamp() + interval '60 seconds') ON CONFLICT (key) DO NOTHING")
                 .bind(&key)
@@ -162,12 +162,12 @@ async fn raw_pairs(pool: &PgPool, tasks: usize, ops: usize, rep: usize) -> crate
 
 async fn advisory_pairs(pool: &PgPool, tasks: usize, ops: usize) -> crate::measure::Run {
     let pool = pool.clone();
-    throughput(tasks, ops, move |i| {
+    throughput(tasks, ops, move |task| {
         let pool = pool.clone();
         async move {
             // Session-bound: lock and unlock on the same connection.
             let mut connection = pool.acquire().await.expect("connection");
-            let key = i64::try_from(i).unwrap_or(0);
+            let key = i64::try_from(task).unwrap_or(0);
             let (locked,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
                 .bind(key)
                 .fetch_one(&mut *connection)
