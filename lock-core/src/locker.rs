@@ -204,7 +204,9 @@ impl<S: LeaseStore> LeaseLocker<S> {
         &self.core.capabilities
     }
 
-    /// How many locks the background task is renewing.
+    /// How many locks the background task is renewing. A lock registers
+    /// with the task just after `try_lock` returns and leaves it just after
+    /// `unlock`, so the count can lag by a moment.
     pub fn held_count(&self) -> usize {
         self.core.tracked.load(Ordering::Relaxed)
     }
