@@ -5,7 +5,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use conformance_tests::faulty::FaultyStore;
-use lock_core::{LeaseId, LeaseLocker, LeaseStore, Locker, LockerOptions, RenewEntry};
+use lock_core::{
+    AcquireRequest, Fencing, LeaseId, LeaseLocker, LeaseStore, Locker, LockerOptions, RenewEntry,
+};
 
 use crate::measure::{Run, count, throughput};
 
@@ -23,6 +25,26 @@ pub(crate) async fn pairs<S: LeaseStore>(
         async move {
             let guard = locker.try_lock(&key).await.expect("uncontended acquire");
             guard.unlock().await.expect("release");
+        }
+    })
+    .await
+}
+
+/// Scenario 1 without the locker: the store's own acquire and release
+/// calls, to tell the locker's cost from the store's.
+pub(crate) async fn store_pairs<S: LeaseStore + Clone>(store: &S, tasks: usize, ops: usize) -> Run {
+    let store = store.clone();
+    throughput(tasks, ops, move |task| {
+        let store = store.clone();
+        async move {
+            let key = format!("bench-store-pairs-{task}");
+            let lease = LeaseId::random();
+            let request = AcquireRequest::new(&key, "bench", lease, Duration::from_secs(60));
+            store.acquire(request).await.expect("acquire");
+            store
+                .release(&key, lease, Fencing::Enabled)
+                .await
+                .expect("release");
         }
     })
     .await

@@ -45,14 +45,26 @@ pub(crate) async fn run(
     for tasks in [1usize, 16] {
         let ops = settings.ops(if tasks == 1 { 600 } else { 3000 });
         let (mut ours_rates, mut raw_rates, mut peer_rates) = (Vec::new(), Vec::new(), Vec::new());
+        let mut store_rates = Vec::new();
         let mut latencies = Vec::new();
         for rep in 0..settings.reps {
             let run = ours::pairs(&locker, tasks, ops, &format!("pg{tasks}-{rep}")).await;
             ours_rates.push(run.per_second);
+            store_rates.push(ours::store_pairs(&store, tasks, ops).await.per_second);
             latencies.extend(run.latencies);
             raw_rates.push(raw_pairs(&pool, tasks, ops, rep).await.per_second);
             peer_rates.push(advisory_pairs(&pool, tasks, ops).await.per_second);
         }
+        rows.push(Row {
+            backend: BACKEND,
+            scenario: "1. Uncontended acquire+release",
+            metric: format!("pairs/s through the store alone, no locker, {tasks} task(s)"),
+            higher_is_better: true,
+            ours: median(&mut store_rates),
+            raw: Some(median(&mut raw_rates.clone())),
+            peer: None,
+            note: "the store's acquire and release calls alone: the locker's share is the difference to the plain pairs/s row".into(),
+        });
         rows.push(Row {
             backend: BACKEND,
             scenario: "1. Uncontended acquire+release",

@@ -50,14 +50,26 @@ pub(crate) async fn run(
     for tasks in [1usize, 16] {
         let ops = settings.ops(if tasks == 1 { 2000 } else { 8000 });
         let (mut ours_rates, mut raw_rates, mut peer_rates) = (Vec::new(), Vec::new(), Vec::new());
+        let mut store_rates = Vec::new();
         let mut latencies = Vec::new();
         for rep in 0..settings.reps {
             let run = ours::pairs(&locker, tasks, ops, &format!("redis{tasks}-{rep}")).await;
             ours_rates.push(run.per_second);
+            store_rates.push(ours::store_pairs(&store, tasks, ops).await.per_second);
             latencies.extend(run.latencies);
             raw_rates.push(raw_pairs(&raw, tasks, ops).await.per_second);
             peer_rates.push(peer_pairs(&peer, tasks, ops).await.per_second);
         }
+        rows.push(Row {
+            backend: BACKEND,
+            scenario: "1. Uncontended acquire+release",
+            metric: format!("pairs/s through the store alone, no locker, {tasks} task(s)"),
+            higher_is_better: true,
+            ours: median(&mut store_rates),
+            raw: Some(median(&mut raw_rates.clone())),
+            peer: None,
+            note: "the store's acquire and release calls alone: the locker's share is the difference to the plain pairs/s row".into(),
+        });
         rows.push(Row {
             backend: BACKEND,
             scenario: "1. Uncontended acquire+release",
@@ -79,6 +91,40 @@ pub(crate) async fn run(
             note: format!("p99 {:.2} ms", ms(percentile(&mut latencies, 99))),
         });
     }
+
+    // Where the time goes: server CPU per command, from Redis's own counters.
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut raw)
+        .await
+        .map_err(|e| e.to_string())?;
+    let per_call = |command: &str| -> f64 {
+        stats
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:")))
+            .and_then(|fields| {
+                fields
+                    .split(',')
+                    .find_map(|field| field.strip_prefix("usec_per_call="))
+            })
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    rows.push(Row {
+        backend: BACKEND,
+        scenario: "1. Uncontended acquire+release",
+        metric: "server CPU per acquire+release, µs".into(),
+        higher_is_better: false,
+        ours: 2.0 * per_call("evalsha"),
+        raw: Some(per_call("set") + per_call("del")),
+        peer: None,
+        note: format!(
+            "from INFO commandstats: EVALSHA {:.2} µs a call (acquire or release script; rslock's unlock script counts here too), SET {:.2}, DEL {:.2}",
+            per_call("evalsha"),
+            per_call("set"),
+            per_call("del")
+        ),
+    });
 
     let renewal = ours::renewal(store.clone(), settings.held).await;
     rows.push(Row {

@@ -9,6 +9,7 @@
 //! | `postgres://user:pass@host:port/db` (or `postgresql://`) | `lock_postgres::PostgresStore` | `postgres` |
 //! | `redis://[user:pass@]host:port[/db]`, `rediss://` (TLS) | `lock_redis::RedisStore`, one server | `redis` |
 //! | `redis+cluster://host:port,host:port`, `rediss+cluster://` | `lock_redis::RedisStore`, a Redis Cluster | `redis` |
+//! | `etcd://[user:pass@]host:port[,host:port...][/namespace]`, `etcds://` (TLS) | `lock_etcd::EtcdStore` | `etcd` |
 //! | `memory:` | [`MemoryStore`], this process only | always |
 //!
 //! # Examples
@@ -43,6 +44,8 @@ pub enum Backend {
     Postgres,
     /// `redis://`, `rediss://`, `redis+cluster://`, `rediss+cluster://`
     Redis,
+    /// `etcd://`, `etcds://`
+    Etcd,
 }
 
 impl Backend {
@@ -53,6 +56,7 @@ impl Backend {
             Self::Sqlite => Some("sqlite"),
             Self::Postgres => Some("postgres"),
             Self::Redis => Some("redis"),
+            Self::Etcd => Some("etcd"),
         }
     }
 
@@ -63,6 +67,7 @@ impl Backend {
             Self::Sqlite => cfg!(feature = "sqlite"),
             Self::Postgres => cfg!(feature = "postgres"),
             Self::Redis => cfg!(feature = "redis"),
+            Self::Etcd => cfg!(feature = "etcd"),
         }
     }
 
@@ -85,6 +90,7 @@ impl Backend {
             "redis" | "rediss" | "redis+cluster" | "rediss+cluster" | "redis+unix" => {
                 Ok(Self::Redis)
             }
+            "etcd" | "etcds" => Ok(Self::Etcd),
             other => Err(OpenError::UnknownScheme {
                 scheme: other.to_owned(),
             }),
@@ -99,6 +105,7 @@ impl fmt::Display for Backend {
             Self::Sqlite => "sqlite",
             Self::Postgres => "postgres",
             Self::Redis => "redis",
+            Self::Etcd => "etcd",
         })
     }
 }
@@ -206,6 +213,19 @@ pub async fn open(url: &str, options: LockerOptions) -> Result<Arc<dyn Locker>, 
                         },
                         _ => store_error(source),
                     })?;
+            Ok(Arc::new(LeaseLocker::new(store, options)?))
+        }
+        #[cfg(feature = "etcd")]
+        Backend::Etcd => {
+            let store = lock_etcd::EtcdStore::connect(url)
+                .await
+                .map_err(|source| match source.kind() {
+                    StoreErrorKind::Invalid => OpenError::InvalidUrl {
+                        url: redact(url),
+                        reason: source.message().to_owned(),
+                    },
+                    _ => store_error(source),
+                })?;
             Ok(Arc::new(LeaseLocker::new(store, options)?))
         }
         #[allow(unreachable_patterns)]

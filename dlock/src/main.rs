@@ -60,6 +60,7 @@ enum Command {
 #[derive(Args)]
 struct BackendArg {
     /// Backend URL: sqlite:PATH, postgres://..., redis://..., redis+cluster://...,
+    /// etcd://...,
     /// memory:. Default: a SQLite
     /// file in the user's state directory.
     #[arg(long, env = "DLOCK_URL", hide_env_values = true, value_name = "URL")]

@@ -292,6 +292,30 @@ mod redis {
     }
 }
 
+#[cfg(feature = "etcd")]
+mod etcd {
+    use super::*;
+    use conformance_tests::harness::EtcdServer;
+
+    #[test]
+    fn runs_take_turns_on_etcd() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let server = match runtime.block_on(EtcdServer::start()) {
+            Ok(server) => server,
+            Err(error) => match error.skip_reason() {
+                Some(reason) => return eprintln!("skipped: {reason}"),
+                None => panic!("{error}"),
+            },
+        };
+        let hosts: Vec<String> = server
+            .endpoints()
+            .iter()
+            .map(|endpoint| endpoint.trim_start_matches("http://").to_owned())
+            .collect();
+        runs_take_turns(Some(&format!("etcd://{}", hosts.join(","))));
+    }
+}
+
 #[cfg(feature = "postgres")]
 mod postgres {
     use super::*;

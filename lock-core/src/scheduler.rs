@@ -294,11 +294,6 @@ impl<S: LeaseStore> Scheduler<S> {
                     observe::count("dlock_warnings_total", "", "");
                     tracing::warn!(id = %tracked.state.id, "lock expiring: renewals are failing");
                 }
-                if tracked.state.warn_seq() > 0
-                    && tracked.state.status() == crate::LockStatus::Expiring
-                {
-                    tracing::warn!(id = %tracked.state.id, "lock expiring: renewals are failing");
-                }
                 tracked.timer = self.timers.insert_at(serial, at);
             }
             TimerEvent::Expired => {

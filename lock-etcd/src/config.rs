@@ -124,7 +124,8 @@ impl EtcdConfig {
                 Some((user, password)) => (user, password),
                 None => (userinfo, ""),
             };
-            let user = percent_decode(user).ok_or_else(|| invalid("the user name is not valid percent-encoded UTF-8"))?;
+            let user = percent_decode(user)
+                .ok_or_else(|| invalid("the user name is not valid percent-encoded UTF-8"))?;
             let password = percent_decode(password)
                 .ok_or_else(|| invalid("the password is not valid percent-encoded UTF-8"))?;
             if user.is_empty() {
@@ -139,10 +140,17 @@ impl EtcdConfig {
         }
         let mut tls = tls_scheme;
         let mut tls_settings = EtcdTls::new();
-        for pair in query.unwrap_or("").split('&').filter(|pair| !pair.is_empty()) {
+        for pair in query
+            .unwrap_or("")
+            .split('&')
+            .filter(|pair| !pair.is_empty())
+        {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let value = percent_decode(value)
-                .ok_or_else(|| invalid(format!("option {name:?} is not valid percent-encoded UTF-8")))?;
+            let value = percent_decode(value).ok_or_else(|| {
+                invalid(format!(
+                    "option {name:?} is not valid percent-encoded UTF-8"
+                ))
+            })?;
             match name {
                 "tls" => tls = parse_bool(name, &value)?,
                 "ca" => {
@@ -158,10 +166,12 @@ impl EtcdConfig {
                     tls = true;
                 }
                 "connect_timeout_ms" => {
-                    config = config.connect_timeout(Duration::from_millis(parse_number(name, &value)?));
+                    config =
+                        config.connect_timeout(Duration::from_millis(parse_number(name, &value)?));
                 }
                 "request_timeout_ms" => {
-                    config = config.request_timeout(Duration::from_millis(parse_number(name, &value)?));
+                    config =
+                        config.request_timeout(Duration::from_millis(parse_number(name, &value)?));
                 }
                 "min_ttl_s" => {
                     config = config.min_ttl(Duration::from_secs(parse_number(name, &value)?));
@@ -181,8 +191,8 @@ impl EtcdConfig {
         };
         match (option("cert"), option("key")) {
             (Some(cert), Some(key)) => {
-                tls_settings =
-                    tls_settings.client_identity_pem(read_file("cert", &cert)?, read_file("key", &key)?);
+                tls_settings = tls_settings
+                    .client_identity_pem(read_file("cert", &cert)?, read_file("key", &key)?);
             }
             (None, None) => {}
             _ => return Err(invalid("a client identity needs both cert= and key=")),
@@ -402,7 +412,9 @@ fn parse_number(name: &str, value: &str) -> Result<u64, StoreError> {
 
 fn read_file(name: &str, path: &str) -> Result<Vec<u8>, StoreError> {
     std::fs::read(path).map_err(|error| {
-        invalid(format!("cannot read the file of option {name} ({path:?}): {error}"))
+        invalid(format!(
+            "cannot read the file of option {name} ({path:?}): {error}"
+        ))
     })
 }
 
@@ -419,7 +431,10 @@ mod tests {
         assert_eq!(config.endpoints, ["127.0.0.1:1", "[::1]:2", "example:3"]);
         assert_eq!(config.namespace, "app/locks/");
         assert_eq!(config.user_name(), Some("us@er"));
-        assert_eq!(config.user.as_ref().map(|(_, p)| p.0.as_str()), Some("p:ss"));
+        assert_eq!(
+            config.user.as_ref().map(|(_, p)| p.0.as_str()),
+            Some("p:ss")
+        );
         assert_eq!(config.request_timeout, Duration::from_millis(250));
         assert_eq!(config.min_ttl, Some(Duration::from_secs(2)));
         assert!(config.tls.is_none());

@@ -93,3 +93,85 @@ pub(crate) fn is_lease_not_found(error: &Error) -> bool {
 pub(crate) fn is_compacted(error: &Error) -> bool {
     matches!(error, Error::GRpcStatus(status) if status.message().contains("compacted"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conn::is_unsent;
+
+    fn status(code: Code, message: &str) -> Error {
+        Error::GRpcStatus(tonic::Status::new(code, message))
+    }
+
+    #[test]
+    fn kinds_follow_the_grpc_code() {
+        let cases = [
+            (
+                status(Code::Unavailable, "etcdserver: leader changed"),
+                StoreErrorKind::Unavailable,
+            ),
+            (
+                status(Code::Unavailable, "etcdserver: request timed out"),
+                StoreErrorKind::Timeout,
+            ),
+            (
+                status(Code::DeadlineExceeded, "deadline"),
+                StoreErrorKind::Timeout,
+            ),
+            (
+                status(Code::ResourceExhausted, "etcdserver: too many requests"),
+                StoreErrorKind::Busy,
+            ),
+            (
+                status(Code::Unauthenticated, "etcdserver: invalid auth token"),
+                StoreErrorKind::Auth,
+            ),
+            (
+                status(Code::PermissionDenied, "etcdserver: permission denied"),
+                StoreErrorKind::Auth,
+            ),
+            (
+                status(Code::InvalidArgument, "etcdserver: key is not provided"),
+                StoreErrorKind::Invalid,
+            ),
+            (
+                status(Code::Unknown, "etcdserver: no leader"),
+                StoreErrorKind::Unavailable,
+            ),
+            (status(Code::Internal, "boom"), StoreErrorKind::Other),
+            (Error::InvalidArgs("bad".into()), StoreErrorKind::Invalid),
+            (
+                Error::LeaseKeepAliveError("closed".into()),
+                StoreErrorKind::Unavailable,
+            ),
+        ];
+        for (error, kind) in cases {
+            let shown = error.to_string();
+            let mapped = store_error(error, "acquire", Some("k"));
+            assert_eq!(mapped.kind(), kind, "{shown}");
+            assert_eq!(mapped.key(), Some("k"));
+            assert!(
+                mapped.message().starts_with("etcd acquire failed"),
+                "{mapped}"
+            );
+        }
+    }
+
+    #[test]
+    fn recognizes_missing_leases_compaction_and_unsent_requests() {
+        assert!(is_lease_not_found(&status(
+            Code::NotFound,
+            "etcdserver: requested lease not found"
+        )));
+        assert!(is_lease_not_found(&Error::LeaseKeepAliveError(
+            "lease not found".into()
+        )));
+        assert!(!is_lease_not_found(&status(Code::NotFound, "other")));
+        assert!(is_compacted(&status(
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision has been compacted"
+        )));
+        assert!(is_unsent(&status(Code::Unavailable, "tcp connect error")));
+        assert!(!is_unsent(&status(Code::Unavailable, "transport error")));
+    }
+}

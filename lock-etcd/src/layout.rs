@@ -95,7 +95,10 @@ pub(crate) struct LockValue {
 /// Why a value is not a lock value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum BadValue {
-    #[error("the value does not start with the dlock tag {:?}", String::from_utf8_lossy(TAG))]
+    #[error(
+        "the value does not start with the dlock tag {:?}",
+        String::from_utf8_lossy(TAG)
+    )]
     Tag,
     #[error("the value's lease id is not 32 hex digits followed by ':'")]
     LeaseId,

@@ -4,18 +4,24 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper, LeaseTimeToLiveOptions};
+use etcd_client::{LeaseKeepAliveStream, LeaseKeeper, LeaseTimeToLiveOptions};
 use lock_core::StoreError;
 use tokio::time::Instant;
 
+use crate::conn::Conn;
 use crate::error::{is_lease_not_found, store_error};
+
+/// How much longer than the ttl it reports a store grants its etcd leases.
+/// A grant or renewal within this time after the lease's last successful
+/// keep-alive needs no keep-alive of its own to last its whole ttl.
+pub(crate) const SLACK: Duration = Duration::from_secs(1);
 
 /// What a keep-alive found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum KeepAlive {
-    /// The lease lives; a keep-alive sent at `sent` set it to `ttl`, so it
-    /// lasts at least until `sent + ttl` by the server's clock.
-    Alive { sent: Instant, ttl: Duration },
+    /// The lease lives, for at least `ttl` (the applied ttl) counted from
+    /// the caller's `after + SLACK`.
+    Alive { ttl: Duration },
     /// The lease is gone (expired or revoked): every key on it was deleted.
     Gone,
 }
@@ -25,11 +31,11 @@ pub(crate) enum KeepAlive {
 pub(crate) struct EtcdLease {
     pub(crate) id: i64,
     /// The ttl etcd granted (whole seconds).
-    pub(crate) ttl: Duration,
+    pub(crate) granted: Duration,
     dead: AtomicBool,
     /// Bytes of etcd keys attached through this store (bounds the size of a
     /// time-to-live reply listing them).
-    pub(crate) key_bytes: AtomicUsize,
+    key_bytes: AtomicUsize,
     /// The send time of the latest grant or keep-alive that succeeded.
     refreshed: Mutex<Instant>,
     keeper: tokio::sync::Mutex<Keeper>,
@@ -47,7 +53,7 @@ impl std::fmt::Debug for EtcdLease {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EtcdLease")
             .field("id", &format_args!("{:x}", self.id))
-            .field("ttl", &self.ttl)
+            .field("granted", &self.granted)
             .field("dead", &self.is_dead())
             .finish_non_exhaustive()
     }
@@ -55,14 +61,13 @@ impl std::fmt::Debug for EtcdLease {
 
 impl EtcdLease {
     /// Grants a lease of `ttl_secs`.
-    pub(crate) async fn grant(
-        client: &Client,
-        ttl_secs: i64,
-        timeout: Duration,
-    ) -> Result<Self, StoreError> {
+    pub(crate) async fn grant(conn: &Conn, ttl_secs: i64) -> Result<Self, StoreError> {
         let sent = Instant::now();
-        let mut lease_client = client.lease_client();
-        let response = tokio::time::timeout(timeout, lease_client.grant(ttl_secs, None))
+        let request = conn.call(|client| {
+            let mut leases = client.lease_client();
+            async move { leases.grant(ttl_secs, None).await }
+        });
+        let response = tokio::time::timeout(conn.timeout, request)
             .await
             .map_err(|_| StoreError::timeout("etcd lease grant timed out"))?
             .map_err(|error| store_error(error, "lease grant", None))?;
@@ -77,12 +82,37 @@ impl EtcdLease {
         tracing::debug!(lease = %format_args!("{:x}", response.id()), ttl = granted, "granted an etcd lease");
         Ok(Self {
             id: response.id(),
-            ttl: Duration::from_secs(granted),
+            granted: Duration::from_secs(granted),
             dead: AtomicBool::new(false),
             key_bytes: AtomicUsize::new(0),
             refreshed: Mutex::new(sent),
             keeper: tokio::sync::Mutex::new(Keeper::default()),
         })
+    }
+
+    /// The ttl reported for locks on this lease: the granted ttl less
+    /// [`SLACK`].
+    pub(crate) fn applied(&self) -> Duration {
+        self.granted.saturating_sub(SLACK)
+    }
+
+    /// Counts `len` bytes of etcd key attached through this store.
+    pub(crate) fn attach(&self, len: usize) {
+        self.key_bytes.fetch_add(len, Ordering::Relaxed);
+    }
+
+    /// Uncounts `len` bytes of etcd key.
+    pub(crate) fn detach(&self, len: usize) {
+        let _ = self
+            .key_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bytes| {
+                Some(bytes.saturating_sub(len))
+            });
+    }
+
+    /// Bytes of etcd keys attached through this store.
+    pub(crate) fn attached_bytes(&self) -> usize {
+        self.key_bytes.load(Ordering::Relaxed)
     }
 
     pub(crate) fn is_dead(&self) -> bool {
@@ -96,52 +126,62 @@ impl EtcdLease {
     }
 
     fn refreshed_at(&self) -> MutexGuard<'_, Instant> {
-        self.refreshed.lock().unwrap_or_else(PoisonError::into_inner)
+        self.refreshed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Whether the lease has surely run out at `now` unless something we do
     /// not know of kept it alive (no successful refresh for a whole ttl).
     pub(crate) fn surely_expired(&self, now: Instant) -> bool {
-        self.is_dead() || *self.refreshed_at() + self.ttl <= now
+        self.is_dead() || *self.refreshed_at() + self.granted <= now
     }
 
-    /// Keeps the lease alive with a keep-alive sent no earlier than `after`,
-    /// sharing one keep-alive among concurrent callers: a caller finding
-    /// that a keep-alive sent after its own `after` has already succeeded
-    /// takes that answer without sending another.
+    /// Makes sure a keep-alive (or the grant) sent no earlier than `after`
+    /// succeeded, sending one if needed: then the lease lasts at least until
+    /// `after + granted`. Concurrent callers share one keep-alive: a caller
+    /// finding that one sent after its own `after` has already succeeded
+    /// takes that answer without sending another. Callers pass their start
+    /// time less [`SLACK`] and report [`applied`](Self::applied) from then.
     pub(crate) async fn keep_alive(
         &self,
-        client: &Client,
+        conn: &Conn,
         after: Instant,
-        timeout: Duration,
     ) -> Result<KeepAlive, StoreError> {
+        let alive = KeepAlive::Alive {
+            ttl: self.applied(),
+        };
         if self.is_dead() {
             return Ok(KeepAlive::Gone);
+        }
+        if *self.refreshed_at() >= after {
+            return Ok(alive);
         }
         let mut keeper = self.keeper.lock().await;
         if self.is_dead() {
             return Ok(KeepAlive::Gone);
         }
-        let refreshed = *self.refreshed_at();
-        if refreshed >= after {
-            return Ok(KeepAlive::Alive {
-                sent: refreshed,
-                ttl: self.ttl,
-            });
+        if *self.refreshed_at() >= after {
+            return Ok(alive);
         }
         if keeper.in_flight {
             keeper.stream = None;
         }
         let sent = Instant::now();
         keeper.in_flight = true;
-        let result = tokio::time::timeout(timeout, self.send_keep_alive(client, &mut keeper)).await;
+        let result =
+            tokio::time::timeout(conn.timeout, self.send_keep_alive(conn, &mut keeper)).await;
         keeper.in_flight = false;
         let outcome = match result {
-            Ok(Ok(Some(ttl))) => {
+            Ok(Ok(Some(ttl))) if ttl >= self.granted => {
                 let mut refreshed = self.refreshed_at();
                 *refreshed = (*refreshed).max(sent);
-                Ok(KeepAlive::Alive { sent, ttl })
+                Ok(alive)
             }
+            Ok(Ok(Some(ttl))) => Err(StoreError::unavailable(format!(
+                "etcd kept a lease of {:?} alive for only {ttl:?}",
+                self.granted
+            ))),
             Ok(Ok(None)) => {
                 self.mark_dead();
                 Ok(KeepAlive::Gone)
@@ -155,28 +195,41 @@ impl EtcdLease {
         outcome
     }
 
-    /// One keep-alive round trip; `None` when the lease is gone.
+    /// One keep-alive round trip; `None` when the lease is gone. A failure
+    /// on an open stream (its member died, say) is tried once more on a new
+    /// stream: a keep-alive sent twice only refreshes twice.
     async fn send_keep_alive(
         &self,
-        client: &Client,
+        conn: &Conn,
         keeper: &mut Keeper,
     ) -> Result<Option<Duration>, StoreError> {
         let map = |error| store_error(error, "lease keep-alive", None);
         if let Some((sender, stream)) = keeper.stream.as_mut() {
-            sender.keep_alive().await.map_err(map)?;
-            return match stream.message().await.map_err(map)? {
-                Some(reply) if reply.ttl() > 0 => Ok(Some(ttl_of(reply.ttl()))),
-                Some(_) => Ok(None),
-                None => Err(StoreError::unavailable(
-                    "the etcd lease keep-alive stream closed",
-                )),
+            let reply = match sender.keep_alive().await {
+                Ok(()) => stream.message().await,
+                Err(error) => Err(error),
             };
+            match reply {
+                Ok(Some(reply)) if reply.ttl() > 0 => return Ok(Some(ttl_of(reply.ttl()))),
+                Ok(Some(_)) => return Ok(None),
+                Ok(None) | Err(_) => {
+                    tracing::debug!("etcd keep-alive stream broke; opening another");
+                    keeper.stream = None;
+                }
+            }
         }
         // Opening the stream sends the first keep-alive and reads its reply.
-        match client.lease_client().keep_alive(self.id).await {
+        let id = self.id;
+        let opened = conn
+            .call(|client| {
+                let mut leases = client.lease_client();
+                async move { leases.keep_alive(id).await }
+            })
+            .await;
+        match opened {
             Ok(stream) => {
                 keeper.stream = Some(stream);
-                Ok(Some(self.ttl))
+                Ok(Some(self.granted))
             }
             Err(error) if is_lease_not_found(&error) => Ok(None),
             Err(error) => Err(map(error)),
@@ -186,13 +239,18 @@ impl EtcdLease {
     /// The etcd keys attached to the lease, or `None` when it is gone.
     pub(crate) async fn attached_keys(
         &self,
-        client: &Client,
-        timeout: Duration,
+        conn: &Conn,
     ) -> Result<Option<Vec<Vec<u8>>>, StoreError> {
-        let mut lease_client = client.lease_client();
-        let request =
-            lease_client.time_to_live(self.id, Some(LeaseTimeToLiveOptions::new().with_keys()));
-        match tokio::time::timeout(timeout, request).await {
+        let id = self.id;
+        let request = conn.call(|client| {
+            let mut leases = client.lease_client();
+            async move {
+                leases
+                    .time_to_live(id, Some(LeaseTimeToLiveOptions::new().with_keys()))
+                    .await
+            }
+        });
+        match tokio::time::timeout(conn.timeout, request).await {
             Err(_) => Err(StoreError::timeout("etcd lease time-to-live timed out")),
             Ok(Err(error)) if is_lease_not_found(&error) => Ok(None),
             Ok(Err(error)) => Err(store_error(error, "lease time-to-live", None)),
@@ -202,13 +260,17 @@ impl EtcdLease {
     }
 
     /// Revokes the lease (deleting every key on it), in the background.
-    pub(crate) fn revoke_in_background(client: &Client, id: i64, timeout: Duration) {
+    pub(crate) fn revoke_in_background(&self, conn: &Conn) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let mut lease_client = client.lease_client();
+        let (conn, id) = (conn.clone(), self.id);
         runtime.spawn(async move {
-            let _ = tokio::time::timeout(timeout, lease_client.revoke(id)).await;
+            let revoke = conn.call(|client| {
+                let mut leases = client.lease_client();
+                async move { leases.revoke(id).await }
+            });
+            let _ = tokio::time::timeout(conn.timeout, revoke).await;
         });
     }
 }
