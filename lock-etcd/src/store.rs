@@ -279,11 +279,11 @@ impl EtcdStore {
         })?;
         let lease = Arc::new(EtcdLease::grant(&self.inner.conn, secs).await?);
         let mut state = self.inner.state();
-        if let Some(old) = state.current.insert(ttl_secs, lease.clone()) {
-            if old.surely_expired(Instant::now()) {
-                // Its keys are gone with it.
-                state.held.retain(|_, held| !Arc::ptr_eq(&held.lease, &old));
-            }
+        if let Some(old) = state.current.insert(ttl_secs, lease.clone())
+            && old.surely_expired(Instant::now())
+        {
+            // Its keys are gone with it.
+            state.held.retain(|_, held| !Arc::ptr_eq(&held.lease, &old));
         }
         Ok(lease)
     }
@@ -412,10 +412,9 @@ impl Inner {
             .held
             .get(key)
             .is_some_and(|held| held.lease_id == lease_id)
+            && let Some(held) = state.held.remove(key)
         {
-            if let Some(held) = state.held.remove(key) {
-                held.lease.detach(self.layout.lock_key(key).len());
-            }
+            held.lease.detach(self.layout.lock_key(key).len());
         }
     }
 
@@ -704,10 +703,10 @@ impl LeaseStore for EtcdStore {
                 });
                 match renewed {
                     Some(ttl) => {
-                        if let Some(held) = state.held.get_mut(entry.key) {
-                            if held.lease_id == entry.lease_id {
-                                held.refreshed = held.refreshed.max(started);
-                            }
+                        if let Some(held) = state.held.get_mut(entry.key)
+                            && held.lease_id == entry.lease_id
+                        {
+                            held.refreshed = held.refreshed.max(started);
                         }
                         outcomes.push(RenewOutcome::Renewed { ttl });
                     }
