@@ -14,6 +14,7 @@
 //! its subjects interleaved in one process, several repetitions, medians.
 #![forbid(unsafe_code)]
 
+mod etcd;
 mod measure;
 mod memory;
 mod ours;
@@ -54,7 +55,7 @@ impl Settings {
     }
 }
 
-const BACKENDS: [&str; 3] = ["memory", "postgres", "redis"];
+const BACKENDS: [&str; 4] = ["memory", "postgres", "redis", "etcd"];
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> std::process::ExitCode {
@@ -102,6 +103,7 @@ async fn main() -> std::process::ExitCode {
             }
             "postgres" => postgres::run(&settings, &mut rows, &mut versions).await,
             "redis" => redis::run(&settings, &mut rows, &mut versions).await,
+            "etcd" => etcd::run(&settings, &mut rows, &mut versions).await,
             other => Err(format!(
                 "unknown backend {other:?} (known: {})",
                 BACKENDS.join(", ")
