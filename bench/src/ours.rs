@@ -91,6 +91,14 @@ pub(crate) async fn renewal<S: LeaseStore + Clone>(store: S, n: usize) -> Renewa
         .iter()
         .map(|guard| (guard.key().to_owned(), guard.lease_id()))
         .collect();
+    // Time our own round between two of the locker's, so that the two do
+    // not contend for the same rows: wait for one to start, give it time to
+    // finish, then go.
+    let seen = counting.renew_calls();
+    while counting.renew_calls() == seen {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(heartbeat * 3 / 10).await;
     let start = Instant::now();
     let calls_in_round = entries.chunks(batch_limit).map(|chunk| {
         let store = store.clone();
