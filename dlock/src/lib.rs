@@ -169,9 +169,8 @@ pub async fn open(url: &str, options: LockerOptions) -> Result<Arc<dyn Locker>, 
             feature: backend.feature().unwrap_or("default"),
         });
     }
-    let store_error = |source| OpenError::Store { backend, source };
     match backend {
-        Backend::Memory => Ok(Arc::new(LeaseLocker::new(MemoryStore::new(), options)?)),
+        Backend::Memory => locker(MemoryStore::new(), options),
         #[cfg(feature = "sqlite")]
         Backend::Sqlite => {
             let path = sqlite_path(url)?;
@@ -183,50 +182,23 @@ pub async fn open(url: &str, options: LockerOptions) -> Result<Arc<dyn Locker>, 
                     reason: format!("cannot create {}: {error}", parent.display()),
                 })?;
             }
-            let store = lock_sqlite::SqliteStore::open(&path)
-                .await
-                .map_err(store_error)?;
-            Ok(Arc::new(LeaseLocker::new(store, options)?))
+            let store = lock_sqlite::SqliteStore::open(&path).await;
+            locker(store.map_err(|e| open_error(backend, url, e))?, options)
         }
         #[cfg(feature = "postgres")]
         Backend::Postgres => {
-            let store = lock_postgres::PostgresStore::connect(url)
-                .await
-                .map_err(|source| match source.kind() {
-                    StoreErrorKind::Invalid => OpenError::InvalidUrl {
-                        url: redact(url),
-                        reason: source.message().to_owned(),
-                    },
-                    _ => store_error(source),
-                })?;
-            Ok(Arc::new(LeaseLocker::new(store, options)?))
+            let store = lock_postgres::PostgresStore::connect(url).await;
+            locker(store.map_err(|e| open_error(backend, url, e))?, options)
         }
         #[cfg(feature = "redis")]
         Backend::Redis => {
-            let store =
-                lock_redis::RedisStore::connect(url)
-                    .await
-                    .map_err(|source| match source.kind() {
-                        StoreErrorKind::Invalid => OpenError::InvalidUrl {
-                            url: redact(url),
-                            reason: source.message().to_owned(),
-                        },
-                        _ => store_error(source),
-                    })?;
-            Ok(Arc::new(LeaseLocker::new(store, options)?))
+            let store = lock_redis::RedisStore::connect(url).await;
+            locker(store.map_err(|e| open_error(backend, url, e))?, options)
         }
         #[cfg(feature = "etcd")]
         Backend::Etcd => {
-            let store = lock_etcd::EtcdStore::connect(url)
-                .await
-                .map_err(|source| match source.kind() {
-                    StoreErrorKind::Invalid => OpenError::InvalidUrl {
-                        url: redact(url),
-                        reason: source.message().to_owned(),
-                    },
-                    _ => store_error(source),
-                })?;
-            Ok(Arc::new(LeaseLocker::new(store, options)?))
+            let store = lock_etcd::EtcdStore::connect(url).await;
+            locker(store.map_err(|e| open_error(backend, url, e))?, options)
         }
         #[allow(unreachable_patterns)]
         _ => Err(OpenError::FeatureDisabled {
@@ -236,7 +208,33 @@ pub async fn open(url: &str, options: LockerOptions) -> Result<Arc<dyn Locker>, 
     }
 }
 
+/// A store refusing its URL is the caller's mistake; anything else means
+/// the backend could not be reached or set up.
+#[cfg_attr(
+    not(any(
+        feature = "sqlite",
+        feature = "postgres",
+        feature = "redis",
+        feature = "etcd"
+    )),
+    allow(dead_code)
+)]
+fn open_error(backend: Backend, url: &str, source: StoreError) -> OpenError {
+    match source.kind() {
+        StoreErrorKind::Invalid => OpenError::InvalidUrl {
+            url: redact(url),
+            reason: source.message().to_owned(),
+        },
+        _ => OpenError::Store { backend, source },
+    }
+}
+
+fn locker<S: LeaseStore>(store: S, options: LockerOptions) -> Result<Arc<dyn Locker>, OpenError> {
+    Ok(Arc::new(LeaseLocker::new(store, options)?))
+}
+
 /// The file path of a `sqlite:PATH` or `sqlite://PATH` URL.
+#[cfg(feature = "sqlite")]
 fn sqlite_path(url: &str) -> Result<String, OpenError> {
     let rest = &url["sqlite:".len()..];
     let path = rest.strip_prefix("//").unwrap_or(rest);
@@ -317,6 +315,7 @@ mod tests {
         assert_eq!(redact("redis://:pw@h:6379"), "redis://:***@h:6379");
     }
 
+    #[cfg(feature = "sqlite")]
     #[test]
     fn sqlite_urls_give_paths() {
         assert_eq!(sqlite_path("sqlite:/tmp/a.db").unwrap(), "/tmp/a.db");
