@@ -6,14 +6,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use conformance_tests::harness::EtcdServer;
 use etcd_client::{Client, Compare, CompareOp, LockOptions, PutOptions, Txn, TxnOp};
-use lock_core::{LeaseLocker, LockerOptions};
 use lock_etcd::{EtcdConfig, EtcdStore};
 
 use crate::Settings;
-use crate::measure::{Run, count, median, ms, percentile, throughput};
-use crate::ours;
+use crate::driver::{self, Baselines};
+use crate::measure::{Run, count, throughput};
 use crate::report::Row;
 
 const BACKEND: &str = "etcd";
@@ -43,104 +43,51 @@ pub(crate) async fn run(
         .await
         .map_err(|e| e.to_string())?
         .id();
-    let locker =
-        LeaseLocker::new(store.clone(), LockerOptions::default()).map_err(|e| e.to_string())?;
-
-    for tasks in [1usize, 16] {
-        let ops = settings.ops(if tasks == 1 { 600 } else { 2400 });
-        let (mut ours_rates, mut store_rates, mut raw_rates, mut peer_rates) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for rep in 0..settings.reps {
-            ours_rates.push(
-                ours::pairs(&locker, tasks, ops, &format!("etcd{tasks}-{rep}"))
-                    .await
-                    .per_second,
-            );
-            store_rates.push(ours::store_pairs(&store, tasks, ops).await.per_second);
-            raw_rates.push(raw_pairs(&client, lease, tasks, ops).await.per_second);
-            peer_rates.push(api_pairs(&client, lease, tasks, ops).await.per_second);
-        }
-        rows.push(Row {
-            backend: BACKEND,
-            scenario: "1. Uncontended acquire+release",
-            metric: format!("pairs/s through the store alone, no locker, {tasks} task(s)"),
-            higher_is_better: true,
-            ours: median(&mut store_rates),
-            raw: Some(median(&mut raw_rates.clone())),
-            peer: None,
-            note: "the store's acquire and release calls alone: the locker's share is the difference to the plain pairs/s row".into(),
-        });
-        rows.push(Row {
-            backend: BACKEND,
-            scenario: "1. Uncontended acquire+release",
-            metric: format!("pairs/s, {tasks} task(s)"),
-            higher_is_better: true,
-            ours: median(&mut ours_rates),
-            raw: Some(median(&mut raw_rates)),
-            peer: Some(median(&mut peer_rates)),
-            note: "raw: put-if-absent txn + delete-if-value txn; peer: etcd Lock + Unlock API"
-                .into(),
-        });
-    }
-
-    let renewal = ours::renewal(store.clone(), settings.held).await;
-    rows.push(Row {
-        backend: BACKEND,
-        scenario: "2. Renewal cost with 10,000 held locks",
-        metric: format!("store calls per heartbeat, {} locks", settings.held),
-        higher_is_better: false,
-        ours: renewal.calls_per_heartbeat,
-        raw: None,
-        peer: None,
-        note: format!(
-            "one keep-alive and one LeaseTimeToLive per call, whatever N; one round renewing all: {:.1} ms",
-            ms(renewal.round)
-        ),
-    });
-
-    let lockers = |n: usize| -> Vec<LeaseLocker<EtcdStore>> {
-        (0..n)
-            .map(|i| {
-                let options = LockerOptions::builder()
-                    .owner(format!("bench-{i}"))
-                    .build()
-                    .expect("options");
-                LeaseLocker::new(store.clone(), options).expect("locker")
-            })
-            .collect()
+    let baselines = Etcd {
+        client: client.clone(),
+        lease,
     };
-    let mut ours_handoff = ours::handoff(lockers(8), settings.rounds(25)).await;
-    let mut peer_handoff = api_handoff(&client, lease, 8, settings.rounds(25)).await;
-    rows.push(Row {
-        backend: BACKEND,
-        scenario: "3. Handoff among 8 waiters",
-        metric: "release to next acquire, p50 ms".into(),
-        higher_is_better: false,
-        ours: ms(percentile(&mut ours_handoff, 50)),
-        raw: None,
-        peer: Some(ms(percentile(&mut peer_handoff, 50))),
-        note: format!(
-            "p99: dlock {:.2} ms, etcd Lock API {:.2} ms (woken by the server's watch); target p50 < 5 ms",
-            ms(percentile(&mut ours_handoff, 99)),
-            ms(percentile(&mut peer_handoff, 99))
-        ),
-    });
-
-    let length = settings.length();
-    let ours_grants = ours::contended(lockers(16), length).await;
-    let peer_grants = api_contended(&client, lease, 16, length).await;
-    rows.push(Row {
-        backend: BACKEND,
-        scenario: "4. Contended throughput",
-        metric: "grants/s, 16 tasks on one key".into(),
-        higher_is_better: true,
-        ours: ours_grants,
-        raw: None,
-        peer: Some(peer_grants),
-        note: "peer: etcd Lock + Unlock API (a server-side queue)".into(),
-    });
+    driver::pairs(BACKEND, &store, &baselines, settings, [600, 2400], rows).await;
+    driver::the_rest(BACKEND, &store, &baselines, settings, rows).await;
     let _ = client.lease_client().revoke(lease).await;
     Ok(())
+}
+
+/// Raw transactions and etcd's lock service, on one kept lease.
+struct Etcd {
+    client: Client,
+    lease: i64,
+}
+
+#[async_trait]
+impl Baselines for Etcd {
+    fn pairs_note(&self) -> &'static str {
+        "raw: put-if-absent txn + delete-if-value txn; peer: etcd Lock + Unlock API"
+    }
+
+    fn peer_note(&self) -> &'static str {
+        "etcd Lock + Unlock API, a server-side queue woken by watches"
+    }
+
+    fn handoff_target(&self) -> &'static str {
+        "p50 < 5 ms"
+    }
+
+    async fn raw_pairs(&self, tasks: usize, ops: usize) -> Run {
+        raw_pairs(&self.client, self.lease, tasks, ops).await
+    }
+
+    async fn peer_pairs(&self, tasks: usize, ops: usize) -> Run {
+        api_pairs(&self.client, self.lease, tasks, ops).await
+    }
+
+    async fn peer_handoff(&self, waiters: usize, rounds: usize) -> Vec<Duration> {
+        api_handoff(&self.client, self.lease, waiters, rounds).await
+    }
+
+    async fn peer_contended(&self, tasks: usize, length: Duration) -> f64 {
+        api_contended(&self.client, self.lease, tasks, length).await
+    }
 }
 
 async fn raw_pairs(client: &Client, lease: i64, tasks: usize, ops: usize) -> Run {

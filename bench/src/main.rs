@@ -14,6 +14,7 @@
 //! its subjects interleaved in one process, several repetitions, medians.
 #![forbid(unsafe_code)]
 
+mod driver;
 mod etcd;
 mod measure;
 mod memory;

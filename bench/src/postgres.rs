@@ -5,14 +5,14 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use conformance_tests::harness::PostgresServer;
-use lock_core::{LeaseLocker, LockerOptions};
 use lock_postgres::PostgresStore;
 use sqlx::PgPool;
 
 use crate::Settings;
-use crate::measure::{median, ms, percentile, throughput};
-use crate::ours;
+use crate::driver::{self, Baselines};
+use crate::measure::{Run, throughput};
 use crate::report::Row;
 
 const BACKEND: &str = "postgres";
@@ -38,124 +38,52 @@ pub(crate) async fn run(
         .execute(&pool)
         .await
         .map_err(|e| e.to_string())?;
-    let locker =
-        LeaseLocker::new(store.clone(), LockerOptions::default()).map_err(|e| e.to_string())?;
-
-    // 1. Uncontended acquire+release, interleaved repetitions.
-    for tasks in [1usize, 16] {
-        let ops = settings.ops(if tasks == 1 { 600 } else { 3000 });
-        let (mut ours_rates, mut raw_rates, mut peer_rates) = (Vec::new(), Vec::new(), Vec::new());
-        let mut store_rates = Vec::new();
-        let mut latencies = Vec::new();
-        for rep in 0..settings.reps {
-            let run = ours::pairs(&locker, tasks, ops, &format!("pg{tasks}-{rep}")).await;
-            ours_rates.push(run.per_second);
-            store_rates.push(ours::store_pairs(&store, tasks, ops).await.per_second);
-            latencies.extend(run.latencies);
-            raw_rates.push(raw_pairs(&pool, tasks, ops, rep).await.per_second);
-            peer_rates.push(advisory_pairs(&pool, tasks, ops).await.per_second);
-        }
-        rows.push(Row {
-            backend: BACKEND,
-            scenario: "1. Uncontended acquire+release",
-            metric: format!("pairs/s through the store alone, no locker, {tasks} task(s)"),
-            higher_is_better: true,
-            ours: median(&mut store_rates),
-            raw: Some(median(&mut raw_rates.clone())),
-            peer: None,
-            note: "the store's acquire and release calls alone: the locker's share is the difference to the plain pairs/s row".into(),
-        });
-        rows.push(Row {
-            backend: BACKEND,
-            scenario: "1. Uncontended acquire+release",
-            metric: format!("pairs/s, {tasks} task(s)"),
-            higher_is_better: true,
-            ours: median(&mut ours_rates),
-            raw: Some(median(&mut raw_rates)),
-            peer: Some(median(&mut peer_rates)),
-            note: "raw: INSERT ON CONFLICT DO NOTHING + DELETE; peer: pg_try_advisory_lock + pg_advisory_unlock".into(),
-        });
-        rows.push(Row {
-            backend: BACKEND,
-            scenario: "1. Uncontended acquire+release",
-            metric: format!("pair latency p50 / p99 ms, {tasks} task(s)"),
-            higher_is_better: false,
-            ours: ms(percentile(&mut latencies, 50)),
-            raw: None,
-            peer: None,
-            note: format!("p99 {:.2} ms", ms(percentile(&mut latencies, 99))),
-        });
-    }
-
-    // 2. Renewal of 10,000 held locks.
-    let renewal = ours::renewal(store.clone(), settings.held).await;
-    rows.push(Row {
-        backend: BACKEND,
-        scenario: "2. Renewal cost with 10,000 held locks",
-        metric: format!("store calls per heartbeat, {} locks", settings.held),
-        higher_is_better: false,
-        ours: renewal.calls_per_heartbeat,
-        raw: None,
-        peer: None,
-        note: format!(
-            "ceil(N / batch limit {}) = {}; one round renewing all: {:.1} ms",
-            renewal.batch_limit,
-            settings.held.div_ceil(renewal.batch_limit),
-            ms(renewal.round)
-        ),
-    });
-
-    // 3. Handoff among 8 waiters.
-    let mut ours_handoff = ours::handoff(lockers(&store, 8), settings.rounds(25)).await;
-    let mut peer_handoff = advisory_handoff(&pool, 8, settings.rounds(25)).await;
-    rows.push(Row {
-        backend: BACKEND,
-        scenario: "3. Handoff among 8 waiters",
-        metric: "release to next acquire, p50 ms".into(),
-        higher_is_better: false,
-        ours: ms(percentile(&mut ours_handoff, 50)),
-        raw: None,
-        peer: Some(ms(percentile(&mut peer_handoff, 50))),
-        note: format!(
-            "p99: dlock {:.2} ms, peer {:.2} ms; peer: blocking pg_advisory_lock (woken by the server); target p50 < 5 ms",
-            ms(percentile(&mut ours_handoff, 99)),
-            ms(percentile(&mut peer_handoff, 99))
-        ),
-    });
-
-    // 4. Contended throughput.
-    let length = settings.length();
-    let ours_grants = ours::contended(lockers(&store, 16), length).await;
-    let peer_grants = advisory_contended(&pool, 16, length).await;
-    rows.push(Row {
-        backend: BACKEND,
-        scenario: "4. Contended throughput",
-        metric: "grants/s, 16 tasks on one key".into(),
-        higher_is_better: true,
-        ours: ours_grants,
-        raw: None,
-        peer: Some(peer_grants),
-        note: "peer: blocking pg_advisory_lock".into(),
-    });
+    let baselines = Postgres { pool };
+    driver::pairs(BACKEND, &store, &baselines, settings, [600, 3000], rows).await;
+    driver::the_rest(BACKEND, &store, &baselines, settings, rows).await;
     Ok(())
 }
 
-fn lockers(store: &PostgresStore, n: usize) -> Vec<LeaseLocker<PostgresStore>> {
-    (0..n)
-        .map(|i| {
-            let options = LockerOptions::builder()
-                .owner(format!("bench-{i}"))
-                .build()
-                .expect("options");
-            LeaseLocker::new(store.clone(), options).expect("locker")
-        })
-        .collect()
+/// Raw statements and advisory locks on the store's own pool.
+struct Postgres {
+    pool: PgPool,
 }
 
-async fn raw_pairs(pool: &PgPool, tasks: usize, ops: usize, rep: usize) -> crate::measure::Run {
+#[async_trait]
+impl Baselines for Postgres {
+    fn pairs_note(&self) -> &'static str {
+        "raw: INSERT ON CONFLICT DO NOTHING + DELETE; peer: pg_try_advisory_lock + pg_advisory_unlock"
+    }
+
+    fn peer_note(&self) -> &'static str {
+        "blocking pg_advisory_lock, woken by the server's lock manager"
+    }
+
+    fn handoff_target(&self) -> &'static str {
+        "p50 < 5 ms"
+    }
+
+    async fn raw_pairs(&self, tasks: usize, ops: usize) -> Run {
+        raw_pairs(&self.pool, tasks, ops).await
+    }
+
+    async fn peer_pairs(&self, tasks: usize, ops: usize) -> Run {
+        advisory_pairs(&self.pool, tasks, ops).await
+    }
+
+    async fn peer_handoff(&self, waiters: usize, rounds: usize) -> Vec<Duration> {
+        advisory_handoff(&self.pool, waiters, rounds).await
+    }
+
+    async fn peer_contended(&self, tasks: usize, length: Duration) -> f64 {
+        advisory_contended(&self.pool, tasks, length).await
+    }
+}
+
+async fn raw_pairs(pool: &PgPool, tasks: usize, ops: usize) -> Run {
     let pool = pool.clone();
     throughput(tasks, ops, move |task| {
-        let (pool, key) = (pool.clone(), format!("raw-{tasks}-{rep}-{task}"));
+        let (pool, key) = (pool.clone(), format!("raw-{tasks}-{task}"));
         async move {
             sqlx::query("INSERT INTO bench_raw_locks VALUES ($1, 'o', clock_timestamp() + interval '60 seconds') ON CONFLICT (key) DO NOTHING")
                 .bind(&key)
@@ -172,7 +100,7 @@ async fn raw_pairs(pool: &PgPool, tasks: usize, ops: usize, rep: usize) -> crate
     .await
 }
 
-async fn advisory_pairs(pool: &PgPool, tasks: usize, ops: usize) -> crate::measure::Run {
+async fn advisory_pairs(pool: &PgPool, tasks: usize, ops: usize) -> Run {
     let pool = pool.clone();
     throughput(tasks, ops, move |task| {
         let pool = pool.clone();

@@ -5,14 +5,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use conformance_tests::harness::RedisServer;
-use lock_core::{LeaseLocker, LockerOptions};
 use lock_redis::RedisStore;
 use redis::aio::ConnectionManager;
 
 use crate::Settings;
-use crate::measure::{Run, count, median, ms, percentile, throughput};
-use crate::ours;
+use crate::driver::{self, Baselines};
+use crate::measure::{Run, count, throughput};
 use crate::report::Row;
 
 const BACKEND: &str = "redis";
@@ -43,54 +43,11 @@ pub(crate) async fn run(
         .trim()
         .to_owned();
     versions.push(format!("Redis {version}"));
-    let peer = Arc::new(rslock::LockManager::new(vec![url.clone()]));
-    let locker =
-        LeaseLocker::new(store.clone(), LockerOptions::default()).map_err(|e| e.to_string())?;
-
-    for tasks in [1usize, 16] {
-        let ops = settings.ops(if tasks == 1 { 2000 } else { 8000 });
-        let (mut ours_rates, mut raw_rates, mut peer_rates) = (Vec::new(), Vec::new(), Vec::new());
-        let mut store_rates = Vec::new();
-        let mut latencies = Vec::new();
-        for rep in 0..settings.reps {
-            let run = ours::pairs(&locker, tasks, ops, &format!("redis{tasks}-{rep}")).await;
-            ours_rates.push(run.per_second);
-            store_rates.push(ours::store_pairs(&store, tasks, ops).await.per_second);
-            latencies.extend(run.latencies);
-            raw_rates.push(raw_pairs(&raw, tasks, ops).await.per_second);
-            peer_rates.push(peer_pairs(&peer, tasks, ops).await.per_second);
-        }
-        rows.push(Row {
-            backend: BACKEND,
-            scenario: "1. Uncontended acquire+release",
-            metric: format!("pairs/s through the store alone, no locker, {tasks} task(s)"),
-            higher_is_better: true,
-            ours: median(&mut store_rates),
-            raw: Some(median(&mut raw_rates.clone())),
-            peer: None,
-            note: "the store's acquire and release calls alone: the locker's share is the difference to the plain pairs/s row".into(),
-        });
-        rows.push(Row {
-            backend: BACKEND,
-            scenario: "1. Uncontended acquire+release",
-            metric: format!("pairs/s, {tasks} task(s)"),
-            higher_is_better: true,
-            ours: median(&mut ours_rates),
-            raw: Some(median(&mut raw_rates)),
-            peer: Some(median(&mut peer_rates)),
-            note: "raw: SET NX PX + DEL; peer: rslock lock + unlock".into(),
-        });
-        rows.push(Row {
-            backend: BACKEND,
-            scenario: "1. Uncontended acquire+release",
-            metric: format!("pair latency p50 ms, {tasks} task(s)"),
-            higher_is_better: false,
-            ours: ms(percentile(&mut latencies, 50)),
-            raw: None,
-            peer: None,
-            note: format!("p99 {:.2} ms", ms(percentile(&mut latencies, 99))),
-        });
-    }
+    let baselines = Redis {
+        raw: raw.clone(),
+        peer: Arc::new(rslock::LockManager::new(vec![url.clone()])),
+    };
+    driver::pairs(BACKEND, &store, &baselines, settings, [2000, 8000], rows).await;
 
     // Where the time goes: server CPU per command, from Redis's own counters.
     let stats: String = redis::cmd("INFO")
@@ -125,66 +82,45 @@ pub(crate) async fn run(
             per_call("del")
         ),
     });
-
-    let renewal = ours::renewal(store.clone(), settings.held).await;
-    rows.push(Row {
-        backend: BACKEND,
-        scenario: "2. Renewal cost with 10,000 held locks",
-        metric: format!("store calls per heartbeat, {} locks", settings.held),
-        higher_is_better: false,
-        ours: renewal.calls_per_heartbeat,
-        raw: None,
-        peer: None,
-        note: format!(
-            "ceil(N / batch limit {}) = {}; one round renewing all: {:.1} ms",
-            renewal.batch_limit,
-            settings.held.div_ceil(renewal.batch_limit),
-            ms(renewal.round)
-        ),
-    });
-
-    let lockers = |n: usize| -> Vec<LeaseLocker<RedisStore>> {
-        (0..n)
-            .map(|i| {
-                let options = LockerOptions::builder()
-                    .owner(format!("bench-{i}"))
-                    .build()
-                    .expect("options");
-                LeaseLocker::new(store.clone(), options).expect("locker")
-            })
-            .collect()
-    };
-    let mut ours_handoff = ours::handoff(lockers(8), settings.rounds(25)).await;
-    let mut peer_handoff = peer_handoff(&peer, 8, settings.rounds(25)).await;
-    rows.push(Row {
-        backend: BACKEND,
-        scenario: "3. Handoff among 8 waiters",
-        metric: "release to next acquire, p50 ms".into(),
-        higher_is_better: false,
-        ours: ms(percentile(&mut ours_handoff, 50)),
-        raw: None,
-        peer: Some(ms(percentile(&mut peer_handoff, 50))),
-        note: format!(
-            "p99: dlock {:.2} ms, rslock {:.2} ms; rslock retries by polling; target p50 < 2 ms",
-            ms(percentile(&mut ours_handoff, 99)),
-            ms(percentile(&mut peer_handoff, 99))
-        ),
-    });
-
-    let length = settings.length();
-    let ours_grants = ours::contended(lockers(16), length).await;
-    let peer_grants = peer_contended(&peer, 16, length).await;
-    rows.push(Row {
-        backend: BACKEND,
-        scenario: "4. Contended throughput",
-        metric: "grants/s, 16 tasks on one key".into(),
-        higher_is_better: true,
-        ours: ours_grants,
-        raw: None,
-        peer: Some(peer_grants),
-        note: "peer: rslock lock + unlock, retrying".into(),
-    });
+    driver::the_rest(BACKEND, &store, &baselines, settings, rows).await;
     Ok(())
+}
+
+/// Plain commands through one multiplexed connection, and rslock.
+struct Redis {
+    raw: ConnectionManager,
+    peer: Arc<rslock::LockManager>,
+}
+
+#[async_trait]
+impl Baselines for Redis {
+    fn pairs_note(&self) -> &'static str {
+        "raw: SET NX PX + DEL; peer: rslock lock + unlock"
+    }
+
+    fn peer_note(&self) -> &'static str {
+        "rslock lock + unlock, retrying (rslock waits by polling)"
+    }
+
+    fn handoff_target(&self) -> &'static str {
+        "p50 < 2 ms"
+    }
+
+    async fn raw_pairs(&self, tasks: usize, ops: usize) -> Run {
+        raw_pairs(&self.raw, tasks, ops).await
+    }
+
+    async fn peer_pairs(&self, tasks: usize, ops: usize) -> Run {
+        peer_pairs(&self.peer, tasks, ops).await
+    }
+
+    async fn peer_handoff(&self, waiters: usize, rounds: usize) -> Vec<Duration> {
+        peer_handoff(&self.peer, waiters, rounds).await
+    }
+
+    async fn peer_contended(&self, tasks: usize, length: Duration) -> f64 {
+        peer_contended(&self.peer, tasks, length).await
+    }
 }
 
 async fn raw_pairs(raw: &ConnectionManager, tasks: usize, ops: usize) -> Run {

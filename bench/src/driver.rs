@@ -1,0 +1,161 @@
+//! The scenarios every backend runs: dlock beside its raw baseline and its
+//! peer library, interleaved, with the rows they produce.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lock_core::{LeaseLocker, LeaseStore, LockerOptions};
+
+use crate::Settings;
+use crate::measure::{Run, median, ms, percentile};
+use crate::ours;
+use crate::report::Row;
+
+/// What dlock is compared with on one backend.
+#[async_trait]
+pub(crate) trait Baselines: Send + Sync {
+    /// The raw baseline and the peer of scenario 1, in words.
+    fn pairs_note(&self) -> &'static str;
+    /// The peer of scenarios 3 and 4, in words.
+    fn peer_note(&self) -> &'static str;
+    /// Scenario 1's handoff target, in words.
+    fn handoff_target(&self) -> &'static str;
+    /// Acquire+release as raw operations through the same client.
+    async fn raw_pairs(&self, tasks: usize, ops: usize) -> Run;
+    /// Acquire+release through the peer library.
+    async fn peer_pairs(&self, tasks: usize, ops: usize) -> Run;
+    /// Scenario 3 through the peer library.
+    async fn peer_handoff(&self, waiters: usize, rounds: usize) -> Vec<Duration>;
+    /// Scenario 4 through the peer library: grants per second.
+    async fn peer_contended(&self, tasks: usize, length: Duration) -> f64;
+}
+
+/// `n` lockers on `store`, with distinct owners.
+fn lockers<S: LeaseStore + Clone>(store: &S, n: usize) -> Vec<LeaseLocker<S>> {
+    (0..n)
+        .map(|i| {
+            let options = LockerOptions::builder()
+                .owner(format!("bench-{i}"))
+                .build()
+                .expect("options");
+            LeaseLocker::new(store.clone(), options).expect("locker")
+        })
+        .collect()
+}
+
+/// Scenario 1, 1 and 16 tasks: dlock, the store alone, raw and peer.
+pub(crate) async fn pairs<S: LeaseStore + Clone>(
+    backend: &'static str,
+    store: &S,
+    baselines: &dyn Baselines,
+    settings: &Settings,
+    ops: [usize; 2],
+    rows: &mut Vec<Row>,
+) {
+    let locker = LeaseLocker::new(store.clone(), LockerOptions::default()).expect("locker");
+    for (tasks, ops) in [1usize, 16].into_iter().zip(ops) {
+        let ops = settings.ops(ops);
+        let (mut ours_rates, mut store_rates) = (Vec::new(), Vec::new());
+        let (mut raw_rates, mut peer_rates) = (Vec::new(), Vec::new());
+        let mut latencies = Vec::new();
+        for rep in 0..settings.reps {
+            let run = ours::pairs(&locker, tasks, ops, &format!("{backend}{tasks}-{rep}")).await;
+            ours_rates.push(run.per_second);
+            latencies.extend(run.latencies);
+            store_rates.push(ours::store_pairs(store, tasks, ops).await.per_second);
+            raw_rates.push(baselines.raw_pairs(tasks, ops).await.per_second);
+            peer_rates.push(baselines.peer_pairs(tasks, ops).await.per_second);
+        }
+        let raw = median(&mut raw_rates);
+        rows.push(Row {
+            backend,
+            scenario: "1. Uncontended acquire+release",
+            metric: format!("pairs/s, {tasks} task(s)"),
+            higher_is_better: true,
+            ours: median(&mut ours_rates),
+            raw: Some(raw),
+            peer: Some(median(&mut peer_rates)),
+            note: baselines.pairs_note().into(),
+        });
+        rows.push(Row {
+            backend,
+            scenario: "1. Uncontended acquire+release",
+            metric: format!("pairs/s through the store alone, no locker, {tasks} task(s)"),
+            higher_is_better: true,
+            ours: median(&mut store_rates),
+            raw: Some(raw),
+            peer: None,
+            note: "the store's acquire and release calls alone: the locker's share is the difference to the row above".into(),
+        });
+        rows.push(Row {
+            backend,
+            scenario: "1. Uncontended acquire+release",
+            metric: format!("pair latency p50 ms, {tasks} task(s)"),
+            higher_is_better: false,
+            ours: ms(percentile(&mut latencies, 50)),
+            raw: None,
+            peer: None,
+            note: format!("p99 {:.2} ms", ms(percentile(&mut latencies, 99))),
+        });
+    }
+}
+
+/// Scenarios 2, 3 and 4.
+pub(crate) async fn the_rest<S: LeaseStore + Clone>(
+    backend: &'static str,
+    store: &S,
+    baselines: &dyn Baselines,
+    settings: &Settings,
+    rows: &mut Vec<Row>,
+) {
+    let renewal = ours::renewal(store.clone(), settings.held).await;
+    rows.push(Row {
+        backend,
+        scenario: "2. Renewal cost with 10,000 held locks",
+        metric: format!("store calls per heartbeat, {} locks", settings.held),
+        higher_is_better: false,
+        ours: renewal.calls_per_heartbeat,
+        raw: None,
+        peer: None,
+        note: format!(
+            "batch limit {}: ceil(N / limit) = {}; one round renewing all: {:.1} ms",
+            renewal.batch_limit,
+            settings.held.div_ceil(renewal.batch_limit),
+            ms(renewal.round)
+        ),
+    });
+
+    let rounds = settings.rounds(25);
+    let mut ours_handoff = ours::handoff(lockers(store, 8), rounds).await;
+    let mut peer_handoff = baselines.peer_handoff(8, rounds).await;
+    rows.push(Row {
+        backend,
+        scenario: "3. Handoff among 8 waiters",
+        metric: "release to next acquire, p50 ms".into(),
+        higher_is_better: false,
+        ours: ms(percentile(&mut ours_handoff, 50)),
+        raw: None,
+        peer: Some(ms(percentile(&mut peer_handoff, 50))),
+        note: format!(
+            "p99: dlock {:.2} ms, peer {:.2} ms; peer: {}; target {}",
+            ms(percentile(&mut ours_handoff, 99)),
+            ms(percentile(&mut peer_handoff, 99)),
+            baselines.peer_note(),
+            baselines.handoff_target()
+        ),
+    });
+
+    let length = settings.length();
+    let ours_grants = ours::contended(lockers(store, 16), length).await;
+    let peer_grants = baselines.peer_contended(16, length).await;
+    rows.push(Row {
+        backend,
+        scenario: "4. Contended throughput",
+        metric: "grants/s, 16 tasks on one key".into(),
+        higher_is_better: true,
+        ours: ours_grants,
+        raw: None,
+        peer: Some(peer_grants),
+        note: format!("peer: {}", baselines.peer_note()),
+    });
+}
