@@ -291,6 +291,14 @@ async fn run_backend(backend: &str, length: Duration, seed: u64) -> Result<usize
         }
     }
     let events = read_events(&logs)?;
+    // A holder that blocked its thread is paused, as far as it knows.
+    for blocked in events.iter().filter(|e| e["kind"] == "blocked") {
+        excuses.push(Excuse {
+            from: blocked["from"].as_u64().unwrap_or(0),
+            to: blocked["to"].as_u64().unwrap_or(u64::MAX) + nanos(LEASE),
+            client_prefix: blocked["w"].as_str().unwrap_or("").to_owned(),
+        });
+    }
     let decisions = register.decisions();
     let mut violations = check::check(&events, &decisions, &excuses, quiet_from, &KEYS);
     for error in worker_errors {
@@ -308,6 +316,9 @@ async fn run_backend(backend: &str, length: Duration, seed: u64) -> Result<usize
             })
             .count();
     let stale = decisions.iter().filter(|d| !d.accepted).count();
+    let blocked = events.iter().filter(|e| e["kind"] == "blocked").count();
+    let closed = events.iter().filter(|e| e["kind"] == "closed").count();
+    let cancelled = events.iter().filter(|e| e["kind"] == "cancelled").count();
     let mut counted: Vec<(&str, usize)> = Vec::new();
     for fault in &faults {
         match counted.iter_mut().find(|(kind, _)| kind == fault) {
@@ -320,7 +331,7 @@ async fn run_backend(backend: &str, length: Duration, seed: u64) -> Result<usize
         .map(|(kind, n)| format!("{kind} {n}"))
         .collect();
     println!(
-        "{backend}: {attempts} lock attempts, {grants} grants, {} register writes ({stale} stale refused); faults: {}; violations: {}",
+        "{backend}: {attempts} lock attempts ({cancelled} cancelled), {grants} grants, {} register writes ({stale} stale refused), {closed} lockers closed mid-run; faults: {}, thread blocks {blocked}; violations: {}",
         decisions.len(),
         if counted.is_empty() {
             "none".to_owned()

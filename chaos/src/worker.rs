@@ -61,9 +61,6 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<(), String> {
         .lease(LEASE)
         .build()
         .map_err(|e| e.to_string())?;
-    let locker = dlock::open(&args.url, options)
-        .await
-        .map_err(|e| e.to_string())?;
     let register = Arc::new(Mutex::new(
         RegisterClient::connect(&args.register)
             .await
@@ -71,13 +68,29 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<(), String> {
     ));
     let mut tasks = Vec::new();
     for task in 0..TASKS {
-        let (locker, log, stop, register) =
-            (locker.clone(), log.clone(), stop.clone(), register.clone());
+        let (log, stop, register) = (log.clone(), stop.clone(), register.clone());
+        let (url, options) = (args.url.clone(), options.clone());
+        let mut locker = dlock::open(&url, options.clone())
+            .await
+            .map_err(|e| e.to_string())?;
         let client = format!("{worker}/t{task}");
         let seed = args.seed ^ (u64::try_from(task).unwrap_or(0) << 32);
         tasks.push(tokio::spawn(async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
             while !stop.load(Ordering::SeqCst) {
+                // Now and then the whole locker goes: close releases every
+                // lock it holds, and a new one takes its place.
+                if rng.random_range(0..50) == 0 {
+                    let _ = locker.close().await;
+                    record(&log, event(&client, "", None, "closed"));
+                    match dlock::open(&url, options.clone()).await {
+                        Ok(reopened) => locker = reopened,
+                        Err(_) => {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    }
+                }
                 let key = KEYS[rng.random_range(0..KEYS.len())];
                 let wait = [
                     Duration::ZERO,
@@ -145,6 +158,15 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<(), String> {
                 // and writes at the end whatever happened: only fencing
                 // stops it when it was paused past its lease.
                 let careless = rng.random_range(0..10) < 3;
+                // Now and then a holder blocks its runtime thread (a long
+                // synchronous call) for longer than its lease.
+                if rng.random_range(0..25) == 0 {
+                    let mut blocked = event(&client, key, Some(&guard), "blocked");
+                    blocked["from"] = json!(now_ns());
+                    std::thread::sleep(LEASE + Duration::from_millis(300));
+                    blocked["to"] = json!(now_ns());
+                    record(&log, blocked);
+                }
                 let mut expired = false;
                 for _ in 0..rng.random_range(0..4) {
                     tokio::time::sleep(Duration::from_millis(rng.random_range(20..400))).await;
@@ -197,12 +219,12 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<(), String> {
                     drop(guard);
                 }
             }
+            let _ = locker.close().await;
         }));
     }
     for task in tasks {
         let _ = task.await;
     }
-    let _ = locker.close().await;
     log.lock()
         .map_err(|_| "log lock poisoned".to_owned())?
         .flush()
