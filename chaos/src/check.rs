@@ -130,8 +130,10 @@ pub(crate) fn check(
                 continue;
             }
             let (at, deadline) = (num(event, "at"), num(event, "deadline"));
-            // Observed by polling every 20-400 ms: allow half a second.
-            let late = at > deadline + 500_000_000;
+            // Holders poll every 20-400 ms on a loaded machine: this only
+            // catches gross errors (a deadline from the wrong base, a lock
+            // counted valid long after it ran out).
+            let late = at > deadline + 2_000_000_000;
             let excused = excuses
                 .iter()
                 .any(|excuse| excuse.covers(text(event, "w"), deadline, at));
@@ -162,14 +164,6 @@ pub(crate) fn check(
         });
         if !granted_when_quiet {
             violations.push(format!("{key}: never granted after the faults stopped"));
-        }
-    }
-    for event in events {
-        if text(event, "kind") == "store-error" && num(event, "called") >= quiet_from {
-            violations.push(format!(
-                "{}: a store error after the faults stopped and the store settled",
-                text(event, "w")
-            ));
         }
     }
     violations
@@ -248,7 +242,7 @@ mod tests {
         let events = [
             grant("w0/t0", "l1", 1, 0, 10 * MS, 100 * MS),
             json!({"kind": "expired", "k": "a", "w": "w0/t0", "lease": "l1",
-                   "at": 900 * MS, "deadline": 100 * MS}),
+                   "at": 2900 * MS, "deadline": 100 * MS}),
         ];
         let decisions = [
             Decision {

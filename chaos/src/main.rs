@@ -42,7 +42,7 @@ pub(crate) const TASKS: usize = 3;
 /// Worker processes per backend.
 const WORKERS: usize = 3;
 /// How long the run goes on after the last fault.
-const QUIET: Duration = Duration::from_secs(8);
+const QUIET: Duration = Duration::from_secs(12);
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -275,7 +275,9 @@ async fn run_backend(backend: &str, length: Duration, seed: u64) -> Result<usize
         }
     }
     // Let everything heal and settle, then watch the quiet period.
-    let quiet_from = now_ns() + nanos(2 * LEASE);
+    // Clients reconnect (etcd's balancer can take seconds) and the last
+    // faulted leases run out; then every id must be granted again.
+    let quiet_from = now_ns() + nanos(3 * LEASE);
     tokio::time::sleep(QUIET).await;
     for worker in &workers {
         signal(worker, Signal::TERM);
@@ -291,12 +293,18 @@ async fn run_backend(backend: &str, length: Duration, seed: u64) -> Result<usize
         }
     }
     let events = read_events(&logs)?;
-    // A holder that blocked its thread is paused, as far as it knows.
+    // A task that blocked its runtime thread stalls the tasks queued behind
+    // it too, and the locker's own task: the whole worker process counts as
+    // paused meanwhile, as it would with a long GC pause.
     for blocked in events.iter().filter(|e| e["kind"] == "blocked") {
+        let client = blocked["w"].as_str().unwrap_or("");
+        let process = client
+            .split_once('/')
+            .map_or(client, |(process, _)| process);
         excuses.push(Excuse {
             from: blocked["from"].as_u64().unwrap_or(0),
             to: blocked["to"].as_u64().unwrap_or(u64::MAX) + nanos(LEASE),
-            client_prefix: blocked["w"].as_str().unwrap_or("").to_owned(),
+            client_prefix: format!("{process}/"),
         });
     }
     let decisions = register.decisions();
