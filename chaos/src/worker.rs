@@ -42,6 +42,28 @@ fn event(worker: &str, key: &str, guard: Option<&LockGuard>, kind: &str) -> serd
     })
 }
 
+/// Writes through the fenced register with `token` and records whether it
+/// was accepted.
+async fn write_through(
+    register: &Mutex<RegisterClient>,
+    log: &Log,
+    client: &str,
+    key: &str,
+    guard: &LockGuard,
+    token: u64,
+) {
+    let accepted = register
+        .lock()
+        .await
+        .write(key, token)
+        .await
+        .unwrap_or(false);
+    let mut write = event(client, key, Some(guard), "write");
+    write["token"] = json!(token);
+    write["accepted"] = json!(accepted);
+    record(log, write);
+}
+
 pub(crate) async fn run(args: WorkerArgs) -> Result<(), String> {
     let file = std::fs::File::create(&args.log).map_err(|e| e.to_string())?;
     let log: Log = Arc::new(std::sync::Mutex::new(std::io::BufWriter::new(file)));
@@ -143,16 +165,7 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<(), String> {
                 granted["called"] = json!(called);
                 record(&log, granted);
 
-                let accepted = register
-                    .lock()
-                    .await
-                    .write(key, token)
-                    .await
-                    .unwrap_or(false);
-                let mut write = event(&client, key, Some(&guard), "write");
-                write["token"] = json!(token);
-                write["accepted"] = json!(accepted);
-                record(&log, write);
+                write_through(&register, &log, &client, key, &guard, token).await;
 
                 // A careless holder never looks at its lock while working
                 // and writes at the end whatever happened: only fencing
@@ -201,16 +214,7 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<(), String> {
                         lost["careless"] = json!(true);
                         record(&log, lost);
                     }
-                    let accepted = register
-                        .lock()
-                        .await
-                        .write(key, token)
-                        .await
-                        .unwrap_or(false);
-                    let mut write = event(&client, key, Some(&guard), "write");
-                    write["token"] = json!(token);
-                    write["accepted"] = json!(accepted);
-                    record(&log, write);
+                    write_through(&register, &log, &client, key, &guard, token).await;
                     record(&log, event(&client, key, Some(&guard), "releasing"));
                 }
                 if rng.random_range(0..10) < 7 {
