@@ -156,8 +156,9 @@ impl LockGuard {
 
     /// A receiver that yields the lock id each time the lock turns
     /// [`Expiring`](LockStatus::Expiring) (`warn_after` after the
-    /// acquisition or the last good renewal), and ends when the lock is
-    /// released or lost. `None` when warnings are disabled. Every call gives
+    /// acquisition or the last good renewal, or just before the lock is lost
+    /// when it is lost sooner), and ends when the lock is released or lost:
+    /// a lost lock has always warned first. `None` when warnings are disabled. Every call gives
     /// an independent receiver; a warning that fired before the receiver was
     /// made is still delivered once.
     pub fn warnings(&self) -> Option<Warnings> {

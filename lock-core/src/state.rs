@@ -17,7 +17,12 @@ use crate::{FencingToken, LeaseId, LockerOptions};
 /// [`LockGuard::status`](crate::LockGuard::status).
 ///
 /// `Held` and `Expiring` alternate while the lock lives; `Lost` and
-/// `Released` are final.
+/// `Released` are final. `Lost` always comes after `Expiring`: a lock lost
+/// without the usual warning time (the store reported the lease gone, or
+/// the process was paused past the deadline) turns `Expiring` and fires its
+/// warning just before it turns `Lost`, so code that checkpoints on the
+/// warning never misses it. A watch receiver that looks late may see only
+/// the last of the two; [`Warnings`](crate::Warnings) never misses one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LockStatus {
     /// Held, and the last renewal (or the acquisition) is recent.
@@ -147,6 +152,19 @@ impl LockState {
         self.status.send_replace(status);
     }
 
+    fn warn(&self, timing: &mut Timing) {
+        self.warn_seq.fetch_add(1, Ordering::AcqRel);
+        self.set_status(timing, LockStatus::Expiring);
+    }
+
+    /// Turns the lock `Lost`, warning first if it had not warned yet.
+    fn lose(&self, timing: &mut Timing) {
+        if timing.status == LockStatus::Held {
+            self.warn(timing);
+        }
+        self.set_status(timing, LockStatus::Lost);
+    }
+
     pub(crate) fn status(&self) -> LockStatus {
         self.timing().status
     }
@@ -177,7 +195,7 @@ impl LockState {
             return true;
         }
         if timing.deadline.passed_at(now) {
-            self.set_status(&mut timing, LockStatus::Lost);
+            self.lose(&mut timing);
             return true;
         }
         false
@@ -196,7 +214,7 @@ impl LockState {
             return Renewal::TooLate;
         }
         if timing.deadline.passed_at(now) {
-            self.set_status(&mut timing, LockStatus::Lost);
+            self.lose(&mut timing);
             return Renewal::TooLate;
         }
         // Never move deadlines from a renewal sent before the last applied
@@ -223,12 +241,11 @@ impl LockState {
             LockStatus::Held | LockStatus::Expiring => {}
         }
         if timing.deadline.passed_at(now) {
-            self.set_status(&mut timing, LockStatus::Lost);
+            self.lose(&mut timing);
             return TimerEvent::Expired;
         }
         if timing.status == LockStatus::Held && now.mono >= timing.warn_at {
-            self.warn_seq.fetch_add(1, Ordering::AcqRel);
-            self.set_status(&mut timing, LockStatus::Expiring);
+            self.warn(&mut timing);
         }
         TimerEvent::Next(timing.next_event())
     }
@@ -240,7 +257,7 @@ impl LockState {
         if timing.status.is_final() {
             return false;
         }
-        self.set_status(&mut timing, LockStatus::Lost);
+        self.lose(&mut timing);
         true
     }
 

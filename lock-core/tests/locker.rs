@@ -166,6 +166,34 @@ async fn renewal_answered_lost_expires_the_lock_at_once() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_lock_lost_without_warning_time_still_warns_first() {
+    let store = MemoryStore::new();
+    let locker = locker(store.clone(), "a");
+    let guard = locker.try_lock("job").await.unwrap();
+    let mut warnings = guard.warnings().unwrap();
+    let start = Instant::now();
+    store
+        .release("job", guard.lease_id(), lock_core::Fencing::Enabled)
+        .await
+        .unwrap();
+    // The first renewal (at 1 s, before warn_after) finds the lease gone.
+    assert_eq!(guard.lost().await, LockStatus::Lost);
+    assert_eq!(start.elapsed(), SEC);
+    assert_eq!(warnings.recv().await.as_deref(), Some("job"));
+    assert_eq!(warnings.recv().await, None);
+
+    // Time jumps past the deadline (a stalled runtime, a paused process):
+    // the warning still comes before the loss.
+    let guard = locker.try_lock("other").await.unwrap();
+    let mut warnings = guard.warnings().unwrap();
+    tokio::time::advance(4 * SEC).await;
+    assert!(guard.is_expired());
+    assert_eq!(*guard.status().borrow(), LockStatus::Lost);
+    assert_eq!(warnings.recv().await.as_deref(), Some("other"));
+    assert_eq!(warnings.recv().await, None);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_renewal_succeeding_after_expiry_keeps_the_lock_expired_and_releases_it() {
     let store = FaultyStore::new(MemoryStore::new());
     let locker = locker(store.clone(), "a");
