@@ -39,15 +39,40 @@ fn text<'a>(event: &'a Value, field: &str) -> &'a str {
     event[field].as_str().unwrap_or("")
 }
 
-/// Every rule broken, described with the events involved (empty: none).
+/// When the checks look for what.
+#[derive(Debug, Clone)]
+pub(crate) struct Phases {
+    /// From here on no fault is in effect: every lock must be granted again.
+    pub(crate) quiet_from: u64,
+    /// When the final phase's holder was killed (its waiters were already
+    /// asking), if it got that far.
+    pub(crate) holder_killed_at: Option<u64>,
+    /// How long after its holder's death a lock may stay taken: the ttl
+    /// plus what the store adds (see RELIABILITY.md).
+    pub(crate) outlive_bound: u64,
+}
+
+/// The outcome of the checks.
+#[derive(Debug, Default)]
+pub(crate) struct Report {
+    /// Every rule broken, described with the events involved.
+    pub(crate) violations: Vec<String>,
+    /// Per key, how long the dead holder's lock stayed taken after its
+    /// death (until a waiter got it).
+    pub(crate) outlived: Vec<(String, u64)>,
+}
+
+/// Checks a run's merged events and register decisions.
 pub(crate) fn check(
     events: &[Value],
     decisions: &[Decision],
     excuses: &[Excuse],
-    quiet_from: u64,
+    phases: &Phases,
     keys: &[&str],
-) -> Vec<String> {
-    let mut violations = Vec::new();
+) -> Report {
+    let quiet_from = phases.quiet_from;
+    let mut report = Report::default();
+    let violations = &mut report.violations;
     let mut by_key: HashMap<&str, Vec<&Value>> = HashMap::new();
     for event in events {
         by_key.entry(text(event, "k")).or_default().push(event);
@@ -166,7 +191,101 @@ pub(crate) fn check(
             violations.push(format!("{key}: never granted after the faults stopped"));
         }
     }
-    violations
+    check_warnings(events, violations);
+    check_final_phase(events, phases, keys, &mut report);
+    report
+}
+
+/// Every loss came after a warning, a live lock never showed a deadline in
+/// the past, and a lost lock never turned valid again.
+fn check_warnings(events: &[Value], violations: &mut Vec<String>) {
+    let mut warned: HashMap<&str, u64> = HashMap::new();
+    let mut lost: HashMap<&str, u64> = HashMap::new();
+    for event in events {
+        let lease = text(event, "lease");
+        match text(event, "kind") {
+            "warned" => {
+                warned.entry(lease).or_insert(num(event, "at"));
+            }
+            "lost" => {
+                lost.insert(lease, num(event, "at"));
+            }
+            "valid-after-deadline" => violations.push(format!(
+                "{}: {} was told its lock was valid at {}, after its deadline {}",
+                text(event, "k"),
+                text(event, "w"),
+                num(event, "asked"),
+                num(event, "deadline")
+            )),
+            _ => {}
+        }
+    }
+    for event in events {
+        let lease = text(event, "lease");
+        let Some(&lost_at) = lost.get(lease) else {
+            continue;
+        };
+        match text(event, "kind") {
+            "lost" if warned.get(lease).is_none_or(|&at| at > lost_at) => {
+                violations.push(format!(
+                    "{}: {} lost lease {lease} at {lost_at} without a warning first",
+                    text(event, "k"),
+                    text(event, "w")
+                ));
+            }
+            "renewed" if num(event, "at") > lost_at => violations.push(format!(
+                "{}: {} saw lease {lease} valid again at {} after it was lost at {lost_at}",
+                text(event, "k"),
+                text(event, "w"),
+                num(event, "at")
+            )),
+            _ => {}
+        }
+    }
+}
+
+/// After the faults: every waiter that asked long enough got the lock, and
+/// the killed holder's locks were free again within the bound.
+fn check_final_phase(events: &[Value], phases: &Phases, keys: &[&str], report: &mut Report) {
+    let Some(killed_at) = phases.holder_killed_at else {
+        return;
+    };
+    let final_events = || events.iter().filter(|event| event["final"] == true);
+    for event in final_events() {
+        if matches!(
+            text(event, "kind"),
+            "not-granted" | "store-error" | "other" | "cancelled"
+        ) {
+            report.violations.push(format!(
+                "{}: {} asked for {} ms after the faults stopped and did not get it: {}",
+                text(event, "k"),
+                text(event, "w"),
+                num(event, "wait") / 1_000_000,
+                text(event, "error")
+            ));
+        }
+    }
+    for key in keys {
+        let first = final_events()
+            .filter(|event| text(event, "k") == *key && text(event, "kind") == "granted")
+            .map(|event| num(event, "at"))
+            .min();
+        let Some(first) = first else {
+            report
+                .violations
+                .push(format!("{key}: never granted after its holder was killed"));
+            continue;
+        };
+        let outlived = first.saturating_sub(killed_at);
+        report.outlived.push(((*key).to_owned(), outlived));
+        if outlived > phases.outlive_bound {
+            report.violations.push(format!(
+                "{key}: the killed holder's lock stayed taken {} ms after its death (bound {} ms)",
+                outlived / 1_000_000,
+                phases.outlive_bound / 1_000_000
+            ));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -186,8 +305,16 @@ mod tests {
         json!({"kind": "releasing", "k": "a", "w": client, "lease": lease, "at": at})
     }
 
+    fn phases(quiet_from: u64) -> Phases {
+        Phases {
+            quiet_from,
+            holder_killed_at: None,
+            outlive_bound: 3000 * MS,
+        }
+    }
+
     fn run(events: &[Value], excuses: &[Excuse]) -> Vec<String> {
-        check(events, &[], excuses, 0, &["a"])
+        check(events, &[], excuses, &phases(0), &["a"]).violations
     }
 
     #[test]
@@ -256,7 +383,7 @@ mod tests {
                 accepted: true,
             },
         ];
-        let found = check(&events, &decisions, &[], 200 * MS, &["a", "b"]);
+        let found = check(&events, &decisions, &[], &phases(200 * MS), &["a", "b"]).violations;
         assert!(
             found.iter().any(|v| v.contains("long after its deadline")),
             "{found:?}"
@@ -273,5 +400,65 @@ mod tests {
             found.iter().any(|v| v.contains("b: never granted after")),
             "{found:?}"
         );
+    }
+
+    #[test]
+    fn a_loss_without_warning_and_a_lock_valid_again_are_caught() {
+        let lost = |lease: &str, at: u64| json!({"kind": "lost", "k": "a", "w": "w0/t0", "lease": lease, "at": at});
+        let events = [
+            grant("w0/t0", "l1", 1, 0, 10 * MS, 2000 * MS),
+            json!({"kind": "warned", "k": "a", "w": "w0/t0", "lease": "l1", "at": 1000 * MS}),
+            lost("l1", 1100 * MS),
+            releasing("w0/t0", "l1", 1100 * MS),
+            grant("w0/t0", "l2", 2, 1200 * MS, 1300 * MS, 3000 * MS),
+            lost("l2", 1400 * MS),
+            json!({"kind": "renewed", "k": "a", "w": "w0/t0", "lease": "l2",
+                   "at": 1500 * MS, "deadline": 3500 * MS}),
+            json!({"kind": "valid-after-deadline", "k": "a", "w": "w0/t0", "lease": "l2",
+                   "asked": 4000 * MS, "deadline": 3500 * MS}),
+        ];
+        let found = run(&events, &[]);
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(found[0].contains("valid at 4000000000"), "{found:?}");
+        assert!(found[1].contains("lost lease l2 at 1400000000 without a warning"));
+        assert!(found[2].contains("valid again"), "{found:?}");
+    }
+
+    #[test]
+    fn the_final_phase_wants_every_waiter_served_and_dead_holders_gone_in_time() {
+        let waiter = |kind: &str, key: &str, at: u64| {
+            json!({"kind": kind, "k": key, "w": "w5/t0", "lease": "l9", "at": at,
+                   "token": 9, "called": 0, "deadline": at + 2000 * MS, "final": true,
+                   "wait": 20_000 * MS, "error": "timed out"})
+        };
+        let events = [
+            waiter("granted", "a", 12_000 * MS),
+            waiter("not-granted", "a", 30_000 * MS),
+        ];
+        let phases = Phases {
+            quiet_from: 0,
+            holder_killed_at: Some(10_000 * MS),
+            outlive_bound: 3000 * MS,
+        };
+        let report = check(&events, &[], &[], &phases, &["a", "b"]);
+        assert_eq!(report.outlived, vec![("a".to_owned(), 2000 * MS)]);
+        let found = &report.violations;
+        assert!(
+            found.iter().any(|v| v.contains("w5/t0 asked for 20000 ms")),
+            "{found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|v| v.contains("b: never granted after its holder")),
+            "{found:?}"
+        );
+        let late = Phases {
+            outlive_bound: 1000 * MS,
+            ..phases
+        };
+        let found = check(&events[..1], &[], &[], &late, &["a"]).violations;
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("stayed taken 2000 ms"), "{found:?}");
     }
 }

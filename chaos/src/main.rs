@@ -2,36 +2,44 @@
 //! history checker.
 //!
 //! ```text
-//! dlock-chaos [--seconds N] [--backend sqlite|postgres|redis|etcd]... [--seed S]
+//! dlock-chaos [--seconds N] [--backend B]... [--seed S]
 //! ```
 //!
-//! For each backend: a throwaway server behind a fault proxy, worker
-//! processes taking, holding, writing through a fenced register and
-//! releasing locks at random (with cancelled waits and dropped guards),
-//! and a nemesis injecting faults at random: black-holed, reset and slowed
-//! connections, server kill and restart, and SIGSTOP of a worker for longer
-//! than its lease. Then a quiet period, and the checks of `check.rs`. Prints
-//! per backend the operations, the faults and `violations: N` (with the
-//! first few and the seed that reproduces the run); exits 1 on violations.
+//! For each backend (sqlite, postgres, redis, redis-cluster, etcd,
+//! etcd-cluster): throwaway servers behind fault proxies, worker processes
+//! taking, holding, writing through a fenced register and releasing locks at
+//! random (with cancelled waits, dropped guards, closed lockers and blocked
+//! runtime threads), and a nemesis injecting faults at random: black-holed,
+//! reset and slowed connections, server kill and restart (for clusters: the
+//! etcd leader or a follower, a Redis master), SIGSTOP of a server or of a
+//! worker for longer than its lease, SIGKILL of a worker. Then a quiet
+//! period, and a final phase: a holder takes every lock and is killed while
+//! waiters ask for them. The checks of `check.rs` run over the whole
+//! history. Prints per backend the operations, the faults and
+//! `violations: N` (with the first few and the seed that reproduces the
+//! run); exits 1 on violations.
 #![forbid(unsafe_code)]
 
 mod check;
 mod clock;
 mod register;
+mod target;
 mod worker;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use conformance_tests::fault_proxy::{FaultMode, FaultProxy};
-use conformance_tests::harness::{EtcdServer, PostgresServer, RedisServer};
 use rand::{Rng, SeedableRng};
 use rustix::process::{Pid, Signal, kill_process};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
 
-use crate::check::Excuse;
+use crate::check::{Excuse, Phases};
 use crate::clock::{nanos, now_ns};
 use crate::register::Register;
+use crate::target::{BACKENDS, Target};
+use crate::worker::Mode;
 
 /// The lock ids every worker contends for.
 pub(crate) const KEYS: [&str; 2] = ["chaos-a", "chaos-b"];
@@ -43,6 +51,20 @@ pub(crate) const TASKS: usize = 3;
 const WORKERS: usize = 3;
 /// How long the run goes on after the last fault.
 const QUIET: Duration = Duration::from_secs(12);
+/// How long the final phase's waiters ask for a lock: long enough for the
+/// dead holder's lease to run out and every other waiter to have its turn.
+pub(crate) const LIVENESS_WAIT: Duration = Duration::from_secs(20);
+/// How long a lock may stay taken after its holder was killed: its ttl,
+/// plus 0.5 s for the waiter to see it free; etcd adds its 1 s lease slack
+/// and up to 0.5 s until the leader revokes an expired lease.
+fn outlive_bound(backend: &str) -> Duration {
+    let store = if backend.starts_with("etcd") {
+        Duration::from_millis(1500)
+    } else {
+        Duration::ZERO
+    };
+    LEASE + Duration::from_millis(500) + store
+}
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -58,16 +80,21 @@ fn main() -> std::process::ExitCode {
         }
     };
     if args.first().map(String::as_str) == Some("worker") {
-        let [_, url, log, register, seed, index] = args.as_slice() else {
+        let [_, mode, url, log, register, seed, name] = args.as_slice() else {
             eprintln!("dlock-chaos worker: bad arguments");
             return std::process::ExitCode::from(64);
         };
+        let Some(mode) = Mode::parse(mode) else {
+            eprintln!("dlock-chaos worker: unknown mode {mode:?}");
+            return std::process::ExitCode::from(64);
+        };
         let worker = worker::WorkerArgs {
+            mode,
             url: url.clone(),
             log: PathBuf::from(log),
             register: PathBuf::from(register),
             seed: seed.parse().unwrap_or(0),
-            index: index.parse().unwrap_or(0),
+            name: name.clone(),
         };
         return match runtime.block_on(worker::run(worker)) {
             Ok(()) => std::process::ExitCode::SUCCESS,
@@ -88,16 +115,15 @@ fn main() -> std::process::ExitCode {
             "--backend" => backends.extend(rest.next().cloned()),
             other => {
                 eprintln!(
-                    "dlock-chaos: unknown argument {other:?}; usage: dlock-chaos [--seconds N] [--backend sqlite|postgres|redis|etcd]... [--seed S]"
+                    "dlock-chaos: unknown argument {other:?}; usage: dlock-chaos [--seconds N] [--backend {}]... [--seed S]",
+                    BACKENDS.join("|")
                 );
                 return std::process::ExitCode::from(64);
             }
         }
     }
     if backends.is_empty() {
-        backends = ["sqlite", "postgres", "redis", "etcd"]
-            .map(String::from)
-            .to_vec();
+        backends = BACKENDS.map(String::from).to_vec();
     }
     let (mut passed, mut failed) = (0, 0);
     for backend in &backends {
@@ -118,156 +144,193 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// The server under test, when there is one to hurt.
-enum Server {
-    None,
-    Postgres(PostgresServer),
-    Redis(RedisServer),
-    Etcd(EtcdServer),
-}
-
-impl Server {
-    fn kill(&mut self) -> Result<(), String> {
-        match self {
-            Server::None => Ok(()),
-            Server::Postgres(s) => s.kill().map_err(|e| e.to_string()),
-            Server::Redis(s) => s.kill().map_err(|e| e.to_string()),
-            Server::Etcd(s) => s.kill().map_err(|e| e.to_string()),
-        }
-    }
-
-    async fn restart(&mut self) -> Result<(), String> {
-        match self {
-            Server::None => Ok(()),
-            Server::Postgres(s) => s.restart().await.map_err(|e| e.to_string()),
-            Server::Redis(s) => s.restart().await.map_err(|e| e.to_string()),
-            Server::Etcd(s) => s.restart().await.map_err(|e| e.to_string()),
-        }
-    }
-}
-
 fn signal(child: &Child, signal: Signal) {
-    if let Some(pid) = i32::try_from(child.id()).ok().and_then(Pid::from_raw) {
+    if let Some(pid) = child
+        .id()
+        .and_then(|id| i32::try_from(id).ok())
+        .and_then(Pid::from_raw)
+    {
         let _ = kill_process(pid, signal);
     }
 }
 
+/// The worker processes of one run, and where they log.
+struct Workers {
+    exe: PathBuf,
+    url: String,
+    socket: PathBuf,
+    dir: PathBuf,
+    seed: u64,
+    spawned: usize,
+    /// The `random` workers now running, by name.
+    running: Vec<(String, Child)>,
+    logs: Vec<PathBuf>,
+}
+
+impl Workers {
+    /// Starts worker `w<N>` in `mode`.
+    fn spawn(&mut self, mode: Mode) -> Result<(String, Child), String> {
+        let name = format!("w{}", self.spawned);
+        self.spawned += 1;
+        let log = self.dir.join(format!("{name}.log"));
+        let seed = self
+            .seed
+            .wrapping_add(u64::try_from(self.spawned).unwrap_or(0));
+        let child = Command::new(&self.exe)
+            .arg("worker")
+            .arg(mode.name())
+            .arg(&self.url)
+            .arg(&log)
+            .arg(&self.socket)
+            .arg(seed.to_string())
+            .arg(&name)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        self.logs.push(log);
+        Ok((name, child))
+    }
+
+    fn spawn_random(&mut self) -> Result<(), String> {
+        let worker = self.spawn(Mode::Random)?;
+        self.running.push(worker);
+        Ok(())
+    }
+}
+
+/// Reads lines from a worker's stdout until `expected`, for at most `wait`.
+async fn expect_line(child: &mut Child, expected: &str, wait: Duration) -> bool {
+    let Some(stdout) = child.stdout.take() else {
+        return false;
+    };
+    let mut lines = BufReader::new(stdout).lines();
+    let found = tokio::time::timeout(wait, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line == expected {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    found.unwrap_or(false)
+}
+
+/// Waits for a worker to exit; its stderr if it failed.
+async fn finish(child: Child, wait: Duration) -> Option<String> {
+    match tokio::time::timeout(wait, child.wait_with_output()).await {
+        Ok(Ok(output)) if output.status.success() => None,
+        Ok(Ok(output)) => Some(describe(output.status, &output.stderr)),
+        Ok(Err(error)) => Some(error.to_string()),
+        Err(_) => Some(format!("did not finish within {} s", wait.as_secs())),
+    }
+}
+
+fn describe(status: ExitStatus, stderr: &[u8]) -> String {
+    format!("{status}: {}", String::from_utf8_lossy(stderr).trim())
+}
+
+/// The final phase: after the faults, a holder takes every lock; waiters
+/// start asking for them; the holder is killed. Returns when the holder was
+/// killed (if it got the locks) and what went wrong.
+async fn final_phase(workers: &mut Workers) -> Result<(Option<u64>, Vec<String>), String> {
+    let mut problems = Vec::new();
+    let (holder_name, mut holder) = workers.spawn(Mode::Hold)?;
+    if !expect_line(&mut holder, "held", LIVENESS_WAIT + Duration::from_secs(15)).await {
+        let _ = holder.start_kill();
+        let error = finish(holder, Duration::from_secs(10)).await;
+        problems.push(format!(
+            "after the faults, holder {holder_name} asked for every lock for {} s and did not get them: {}",
+            LIVENESS_WAIT.as_secs(),
+            error.unwrap_or_default()
+        ));
+        return Ok((None, problems));
+    }
+    let mut waiters = Vec::new();
+    for _ in 0..WORKERS {
+        let (name, mut waiter) = workers.spawn(Mode::Wait)?;
+        if !expect_line(&mut waiter, "ready", Duration::from_secs(40)).await {
+            problems.push(format!("waiter {name} could not open its lockers"));
+        }
+        waiters.push((name, waiter));
+    }
+    // Every waiter has called lock() by now, or is about to.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let killed_at = now_ns();
+    holder.start_kill().map_err(|e| e.to_string())?;
+    let _ = holder.wait().await;
+    for (name, waiter) in waiters {
+        let wait = LIVENESS_WAIT * u32::try_from(KEYS.len()).unwrap_or(1) + Duration::from_secs(20);
+        if let Some(error) = finish(waiter, wait).await {
+            problems.push(format!("waiter {name} failed: {error}"));
+        }
+    }
+    Ok((Some(killed_at), problems))
+}
+
 async fn run_backend(backend: &str, length: Duration, seed: u64) -> Result<usize, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let (mut server, proxy, url) = match backend {
-        "sqlite" => (
-            Server::None,
-            None,
-            format!("sqlite:{}", dir.path().join("locks.db").display()),
-        ),
-        "postgres" => {
-            let server = PostgresServer::start_local()
-                .await
-                .map_err(|e| e.to_string())?;
-            let proxy = FaultProxy::start(server.addr())
-                .await
-                .map_err(|e| e.to_string())?;
-            let url = server.url_via(proxy.listen_addr());
-            (Server::Postgres(server), Some(proxy), url)
-        }
-        "redis" => {
-            let server = RedisServer::start().await.map_err(|e| e.to_string())?;
-            let proxy = FaultProxy::start(server.addr())
-                .await
-                .map_err(|e| e.to_string())?;
-            let url = server.url_via(proxy.listen_addr());
-            (Server::Redis(server), Some(proxy), url)
-        }
-        "etcd" => {
-            let server = EtcdServer::start().await.map_err(|e| e.to_string())?;
-            let addr = server.addr().map_err(|e| e.to_string())?;
-            let proxy = FaultProxy::start(addr).await.map_err(|e| e.to_string())?;
-            let url = format!("etcd://{}", proxy.listen_addr());
-            (Server::Etcd(server), Some(proxy), url)
-        }
-        other => return Err(format!("unknown backend {other:?}")),
-    };
+    let mut target = Target::start(backend, dir.path()).await?;
     let register = Register::default();
     let socket = dir.path().join("register.sock");
     register.serve(&socket).map_err(|e| e.to_string())?;
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let logs: Vec<PathBuf> = (0..WORKERS)
-        .map(|i| dir.path().join(format!("worker-{i}.log")))
-        .collect();
-    let mut workers = Vec::new();
-    for (i, log) in logs.iter().enumerate() {
-        let worker = Command::new(&exe)
-            .arg("worker")
-            .arg(&url)
-            .arg(log)
-            .arg(&socket)
-            .arg(
-                seed.wrapping_add(u64::try_from(i).unwrap_or(0) + 1)
-                    .to_string(),
-            )
-            .arg(i.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| e.to_string())?;
-        workers.push(worker);
+    let mut workers = Workers {
+        exe: std::env::current_exe().map_err(|e| e.to_string())?,
+        url: target.url.clone(),
+        socket,
+        dir: dir.path().to_owned(),
+        seed,
+        spawned: 0,
+        running: Vec::new(),
+        logs: Vec::new(),
+    };
+    for _ in 0..WORKERS {
+        workers.spawn_random()?;
     }
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed);
     let mut excuses: Vec<Excuse> = Vec::new();
     let mut faults: Vec<&'static str> = Vec::new();
+    let mut worker_errors = Vec::new();
     let stop_at = now_ns() + nanos(length);
     while now_ns() < stop_at {
         tokio::time::sleep(Duration::from_millis(rng.random_range(700..2000))).await;
-        let mut kinds = vec!["pause"];
-        if proxy.is_some() {
-            kinds.extend(["black-hole", "reset", "latency", "restart"]);
-        }
+        let mut kinds = vec!["pause-worker", "kill-worker"];
+        kinds.extend(target.fault_kinds());
         let kind = kinds[rng.random_range(0..kinds.len())];
         faults.push(kind);
         match kind {
-            "pause" => {
-                let victim = rng.random_range(0..workers.len());
+            "pause-worker" => {
+                let victim = rng.random_range(0..workers.running.len());
+                let (name, child) = &workers.running[victim];
                 let hold = LEASE + Duration::from_millis(rng.random_range(300..1500));
                 let from = now_ns();
-                signal(&workers[victim], Signal::STOP);
+                signal(child, Signal::STOP);
                 tokio::time::sleep(hold).await;
-                signal(&workers[victim], Signal::CONT);
+                signal(child, Signal::CONT);
                 excuses.push(Excuse {
                     from,
                     to: now_ns() + nanos(LEASE),
-                    client_prefix: format!("w{victim}/"),
+                    client_prefix: format!("{name}/"),
                 });
             }
-            "black-hole" | "reset" | "latency" => {
-                let Some(proxy) = &proxy else { continue };
-                let (mode, hold) = match kind {
-                    "black-hole" => (
-                        FaultMode::BlackHole,
-                        Duration::from_millis(rng.random_range(500..4000)),
-                    ),
-                    "reset" => (FaultMode::Reset, Duration::from_millis(200)),
-                    _ => (
-                        FaultMode::Latency(Duration::from_millis(rng.random_range(50..800))),
-                        Duration::from_secs(2),
-                    ),
-                };
-                proxy.set_mode(mode);
-                tokio::time::sleep(hold).await;
-                proxy.set_mode(FaultMode::PassThrough);
+            "kill-worker" => {
+                // A holder dies without a word: its leases stay until their
+                // ttl runs out, and a new worker takes its place.
+                let victim = rng.random_range(0..workers.running.len());
+                let (_, mut child) = workers.running.swap_remove(victim);
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                workers.spawn_random()?;
             }
             _ => {
-                let from = now_ns();
-                server.kill()?;
-                tokio::time::sleep(Duration::from_millis(rng.random_range(300..1500))).await;
-                server.restart().await?;
-                if matches!(server, Server::Redis(_)) {
-                    // Without persistence the restart lost every lock:
-                    // holders learn it at their next renewal. Fencing is
-                    // the defence, not exclusion.
+                if let Some((from, to)) = target.inject(kind, &mut rng).await? {
                     excuses.push(Excuse {
                         from,
-                        to: now_ns() + nanos(LEASE),
+                        to,
                         client_prefix: String::new(),
                     });
                 }
@@ -279,20 +342,19 @@ async fn run_backend(backend: &str, length: Duration, seed: u64) -> Result<usize
     // faulted leases run out; then every id must be granted again.
     let quiet_from = now_ns() + nanos(3 * LEASE);
     tokio::time::sleep(QUIET).await;
-    for worker in &workers {
-        signal(worker, Signal::TERM);
+    let running = std::mem::take(&mut workers.running);
+    for (_, child) in &running {
+        signal(child, Signal::TERM);
     }
-    let mut worker_errors = Vec::new();
-    for worker in workers {
-        let output = tokio::task::spawn_blocking(move || worker.wait_with_output())
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        if !output.status.success() {
-            worker_errors.push(String::from_utf8_lossy(&output.stderr).into_owned());
+    for (name, child) in running {
+        if let Some(error) = finish(child, Duration::from_secs(30)).await {
+            worker_errors.push(format!("worker {name} failed: {error}"));
         }
     }
-    let events = read_events(&logs)?;
+    let (holder_killed_at, final_problems) = final_phase(&mut workers).await?;
+    worker_errors.extend(final_problems);
+
+    let events = read_events(&workers.logs)?;
     // A task that blocked its runtime thread stalls the tasks queued behind
     // it too, and the locker's own task: the whole worker process counts as
     // paused meanwhile, as it would with a long GC pause.
@@ -308,25 +370,29 @@ async fn run_backend(backend: &str, length: Duration, seed: u64) -> Result<usize
         });
     }
     let decisions = register.decisions();
-    let mut violations = check::check(&events, &decisions, &excuses, quiet_from, &KEYS);
-    for error in worker_errors {
-        violations.push(format!("a worker failed: {}", error.trim()));
-    }
-    let grants = events.iter().filter(|e| e["kind"] == "granted").count();
-    let attempts = grants
-        + events
+    let phases = Phases {
+        quiet_from,
+        holder_killed_at,
+        outlive_bound: nanos(outlive_bound(backend)),
+    };
+    let mut report = check::check(&events, &decisions, &excuses, &phases, &KEYS);
+    report.violations.extend(worker_errors);
+    let violations = &report.violations;
+    let count = |kinds: &[&str]| {
+        events
             .iter()
-            .filter(|e| {
-                matches!(
-                    e["kind"].as_str(),
-                    Some("not-granted" | "store-error" | "cancelled" | "other")
-                )
-            })
-            .count();
+            .filter(|e| kinds.contains(&e["kind"].as_str().unwrap_or("")))
+            .count()
+    };
+    let grants = count(&["granted"]);
+    let attempts = count(&[
+        "granted",
+        "not-granted",
+        "store-error",
+        "cancelled",
+        "other",
+    ]);
     let stale = decisions.iter().filter(|d| !d.accepted).count();
-    let blocked = events.iter().filter(|e| e["kind"] == "blocked").count();
-    let closed = events.iter().filter(|e| e["kind"] == "closed").count();
-    let cancelled = events.iter().filter(|e| e["kind"] == "cancelled").count();
     let mut counted: Vec<(&str, usize)> = Vec::new();
     for fault in &faults {
         match counted.iter_mut().find(|(kind, _)| kind == fault) {
@@ -338,13 +404,28 @@ async fn run_backend(backend: &str, length: Duration, seed: u64) -> Result<usize
         .iter()
         .map(|(kind, n)| format!("{kind} {n}"))
         .collect();
+    let outlived: Vec<String> = report
+        .outlived
+        .iter()
+        .map(|(key, ns)| format!("{key} {} ms", ns / 1_000_000))
+        .collect();
     println!(
-        "{backend}: {attempts} lock attempts ({cancelled} cancelled), {grants} grants, {} register writes ({stale} stale refused), {closed} lockers closed mid-run; faults: {}, thread blocks {blocked}; violations: {}",
+        "{backend}: {attempts} lock attempts ({} cancelled), {grants} grants, {} register writes ({stale} stale refused), {} lockers closed mid-run, {} warnings, {} locks lost; faults: {}, thread blocks {}; dead holder's locks free after: {}; violations: {}",
+        count(&["cancelled"]),
         decisions.len(),
+        count(&["closed"]),
+        count(&["warned"]),
+        count(&["lost"]),
         if counted.is_empty() {
             "none".to_owned()
         } else {
             counted.join(", ")
+        },
+        count(&["blocked"]),
+        if outlived.is_empty() {
+            "-".to_owned()
+        } else {
+            outlived.join(", ")
         },
         violations.len()
     );
@@ -357,14 +438,19 @@ async fn run_backend(backend: &str, length: Duration, seed: u64) -> Result<usize
             length.as_secs()
         );
     }
-    drop(proxy);
+    drop(target);
     Ok(violations.len())
 }
 
 fn read_events(logs: &[PathBuf]) -> Result<Vec<serde_json::Value>, String> {
     let mut events = Vec::new();
     for log in logs {
-        let text = std::fs::read_to_string(Path::new(log)).map_err(|e| e.to_string())?;
+        let text = match std::fs::read_to_string(Path::new(log)) {
+            Ok(text) => text,
+            // A worker killed before it opened its log wrote nothing.
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(error) => return Err(error.to_string()),
+        };
         for line in text.lines() {
             if let Ok(event) = serde_json::from_str::<serde_json::Value>(line) {
                 events.push(event);
