@@ -101,13 +101,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ports_are_distinct_and_bindable() {
+    fn ports_are_distinct_and_below_the_ephemeral_range() {
+        // Whether a port is still free a moment later depends on every other
+        // process on the machine, so only what the picker promises is
+        // checked here.
         let ports = pick_free_ports(20).unwrap();
         let distinct: BTreeSet<u16> = ports.iter().copied().collect();
         assert_eq!(distinct.len(), ports.len());
         for port in ports {
             assert!(port >= LOWEST_PORT);
-            assert!(is_free(port));
+            assert!(port < ephemeral_range_start(), "{port}");
         }
     }
 }
