@@ -7,6 +7,9 @@ use lock_core::{StoreError, StoreErrorKind};
 
 /// The namespace used when none is given.
 pub const DEFAULT_NAMESPACE: &str = "dlock/";
+
+/// The default [`EtcdConfig::lease_slack`].
+const DEFAULT_LEASE_SLACK: Duration = Duration::ZERO;
 const DEFAULT_PORT: u16 = 2379;
 
 /// How an [`EtcdStore`](crate::EtcdStore) reaches etcd: endpoints, the key
@@ -41,6 +44,7 @@ pub struct EtcdConfig {
     pub(crate) connect_timeout: Duration,
     pub(crate) request_timeout: Duration,
     pub(crate) min_ttl: Option<Duration>,
+    pub(crate) lease_slack: Duration,
 }
 
 impl EtcdConfig {
@@ -64,6 +68,7 @@ impl EtcdConfig {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
             min_ttl: None,
+            lease_slack: DEFAULT_LEASE_SLACK,
         }
     }
 
@@ -80,7 +85,8 @@ impl EtcdConfig {
     /// `cert=PATH` and `key=PATH` (client identity, PEM), `domain=NAME`
     /// (server name to verify), `connect_timeout_ms=N`,
     /// `request_timeout_ms=N`, `min_ttl_s=N` (skip probing the server's
-    /// minimum lease ttl).
+    /// minimum lease ttl), `lease_slack_s=N` (see
+    /// [`lease_slack`](Self::lease_slack)).
     ///
     /// # Errors
     ///
@@ -176,9 +182,12 @@ impl EtcdConfig {
                 "min_ttl_s" => {
                     config = config.min_ttl(Duration::from_secs(parse_number(name, &value)?));
                 }
+                "lease_slack_s" => {
+                    config = config.lease_slack(Duration::from_secs(parse_number(name, &value)?));
+                }
                 other => {
                     return Err(invalid(format!(
-                        "unknown etcd URL option {other:?}; known: tls, ca, cert, key, domain, connect_timeout_ms, request_timeout_ms, min_ttl_s"
+                        "unknown etcd URL option {other:?}; known: tls, ca, cert, key, domain, connect_timeout_ms, request_timeout_ms, min_ttl_s, lease_slack_s"
                     )));
                 }
             }
@@ -252,6 +261,22 @@ impl EtcdConfig {
         self
     }
 
+    /// How much longer than the locks' ttl the store's etcd leases are
+    /// granted, in whole seconds (rounded up). Default 0: a lock whose
+    /// holder died is free within its ttl (plus etcd's expiry lag of up to
+    /// about half a second), and every acquisition sends a keep-alive of
+    /// its lease alongside its transaction (no extra round trip of wait,
+    /// one more request; concurrent acquisitions share one). With a slack
+    /// of 1 s, an acquisition within a second of the lease's last keep-alive
+    /// sends none, and a dead holder's lock stays taken up to a second
+    /// longer. See the crate docs, *Time to live*.
+    #[must_use]
+    pub fn lease_slack(mut self, slack: Duration) -> Self {
+        self.lease_slack =
+            Duration::from_secs(slack.as_secs() + u64::from(slack.subsec_nanos() > 0));
+        self
+    }
+
     /// The endpoints, as `http://host:port` (or `https://` with TLS).
     pub fn endpoints(&self) -> Vec<String> {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
@@ -283,6 +308,7 @@ impl fmt::Debug for EtcdConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("min_ttl", &self.min_ttl)
+            .field("lease_slack", &self.lease_slack)
             .finish()
     }
 }
@@ -425,7 +451,7 @@ mod tests {
     #[test]
     fn parses_hosts_credentials_namespace_and_options() {
         let config = EtcdConfig::from_url(
-            "etcd://us%40er:p%3Ass@127.0.0.1:1,[::1]:2,example:3/app%2Flocks/?request_timeout_ms=250&min_ttl_s=2",
+            "etcd://us%40er:p%3Ass@127.0.0.1:1,[::1]:2,example:3/app%2Flocks/?request_timeout_ms=250&min_ttl_s=2&lease_slack_s=1",
         )
         .unwrap();
         assert_eq!(config.endpoints, ["127.0.0.1:1", "[::1]:2", "example:3"]);
@@ -437,6 +463,7 @@ mod tests {
         );
         assert_eq!(config.request_timeout, Duration::from_millis(250));
         assert_eq!(config.min_ttl, Some(Duration::from_secs(2)));
+        assert_eq!(config.lease_slack, Duration::from_secs(1));
         assert!(config.tls.is_none());
         assert_eq!(config.endpoints()[1], "http://[::1]:2");
     }

@@ -11,16 +11,11 @@ use tokio::time::Instant;
 use crate::conn::Conn;
 use crate::error::{is_lease_not_found, store_error};
 
-/// How much longer than the ttl it reports a store grants its etcd leases.
-/// A grant or renewal within this time after the lease's last successful
-/// keep-alive needs no keep-alive of its own to last its whole ttl.
-pub(crate) const SLACK: Duration = Duration::from_secs(1);
-
 /// What a keep-alive found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum KeepAlive {
     /// The lease lives, for at least `ttl` (the applied ttl) counted from
-    /// the caller's `after + SLACK`.
+    /// the caller's start.
     Alive { ttl: Duration },
     /// The lease is gone (expired or revoked): every key on it was deleted.
     Gone,
@@ -32,6 +27,10 @@ pub(crate) struct EtcdLease {
     pub(crate) id: i64,
     /// The ttl etcd granted (whole seconds).
     pub(crate) granted: Duration,
+    /// How much of `granted` is slack beyond the ttl reported for locks: a
+    /// grant or renewal within this time after the lease's last successful
+    /// keep-alive needs no keep-alive of its own to last its whole ttl.
+    slack: Duration,
     dead: AtomicBool,
     /// Bytes of etcd keys attached through this store (bounds the size of a
     /// time-to-live reply listing them).
@@ -60,8 +59,13 @@ impl std::fmt::Debug for EtcdLease {
 }
 
 impl EtcdLease {
-    /// Grants a lease of `ttl_secs`.
-    pub(crate) async fn grant(conn: &Conn, ttl_secs: i64) -> Result<Self, StoreError> {
+    /// Grants a lease of `ttl_secs`, of which `slack` is beyond the ttl
+    /// reported for its locks.
+    pub(crate) async fn grant(
+        conn: &Conn,
+        ttl_secs: i64,
+        slack: Duration,
+    ) -> Result<Self, StoreError> {
         let sent = Instant::now();
         let request = conn.call(|client| {
             let mut leases = client.lease_client();
@@ -83,6 +87,7 @@ impl EtcdLease {
         Ok(Self {
             id: response.id(),
             granted: Duration::from_secs(granted),
+            slack,
             dead: AtomicBool::new(false),
             key_bytes: AtomicUsize::new(0),
             refreshed: Mutex::new(sent),
@@ -90,10 +95,10 @@ impl EtcdLease {
         })
     }
 
-    /// The ttl reported for locks on this lease: the granted ttl less
-    /// [`SLACK`].
+    /// The ttl reported for locks on this lease: the granted ttl less the
+    /// slack.
     pub(crate) fn applied(&self) -> Duration {
-        self.granted.saturating_sub(SLACK)
+        self.granted.saturating_sub(self.slack)
     }
 
     /// Counts `len` bytes of etcd key attached through this store.
@@ -137,17 +142,18 @@ impl EtcdLease {
         self.is_dead() || *self.refreshed_at() + self.granted <= now
     }
 
-    /// Makes sure a keep-alive (or the grant) sent no earlier than `after`
-    /// succeeded, sending one if needed: then the lease lasts at least until
-    /// `after + granted`. Concurrent callers share one keep-alive: a caller
-    /// finding that one sent after its own `after` has already succeeded
-    /// takes that answer without sending another. Callers pass their start
-    /// time less [`SLACK`] and report [`applied`](Self::applied) from then.
+    /// Makes sure the lease lasts at least [`applied`](Self::applied)
+    /// counted from `start`: that a keep-alive (or the grant) sent no
+    /// earlier than `start` less the slack succeeded, sending one if needed.
+    /// Concurrent callers share one keep-alive: a caller finding that one
+    /// sent late enough has already succeeded takes that answer without
+    /// sending another.
     pub(crate) async fn keep_alive(
         &self,
         conn: &Conn,
-        after: Instant,
+        start: Instant,
     ) -> Result<KeepAlive, StoreError> {
+        let after = start.checked_sub(self.slack).unwrap_or(start);
         let alive = KeepAlive::Alive {
             ttl: self.applied(),
         };

@@ -57,11 +57,12 @@
 //!
 //! - **acquire** is one transaction: if the lock key does not exist
 //!   (`create_revision == 0`) put it with the store lease (and touch the
-//!   fence key); otherwise read the holder. Nothing else is sent when the
-//!   store lease had a successful keep-alive within the last second (see
-//!   *Time to live*); otherwise a keep-alive, shared by concurrent callers,
-//!   runs at the same time as the transaction, so the reported ttl is never
-//!   counted from an older keep-alive. If the lease turns out gone
+//!   fence key); otherwise read the holder. Alongside it, in the same round
+//!   trip, goes a keep-alive of the store lease (shared by concurrent
+//!   callers), so the reported ttl is never counted from an older
+//!   keep-alive; with a [lease slack](EtcdConfig::lease_slack) of 1 s it is
+//!   skipped when the lease had one within the last second (see *Time to
+//!   live*). If the lease turns out gone
 //!   (expired between calls), the key went with it and the store grants a
 //!   fresh lease and tries again: a key whose lease expired is never
 //!   reported acquired.
@@ -116,13 +117,17 @@
 //!
 //! The ttl a grant or renewal reports as applied is the requested ttl
 //! rounded up to whole seconds (at least the minimum), and it is counted
-//! from the moment the call began. The store's etcd lease for it is granted
-//! **one second longer**: a grant or renewal made within a second of the
+//! from the moment the call began. By default the store's etcd lease for it
+//! is granted for exactly that ttl, and every grant sends a keep-alive of
+//! the lease alongside its transaction (one more request, no more waiting):
+//! a lock whose holder died is free within its ttl of the holder's last
+//! renewal, plus etcd's expiry lag of up to about half a second.
+//! [`EtcdConfig::lease_slack`] (URL option `lease_slack_s=1`) grants the
+//! etcd lease a second longer instead: a grant made within a second of the
 //! lease's last successful keep-alive then lasts its whole reported ttl
-//! without a keep-alive of its own, so a busy store sends at most about one
-//! keep-alive a second besides its renewals. The price: a dead holder's
-//! lock is taken over up to a second later (plus etcd's expiry lag of up to
-//! about half a second).
+//! without a keep-alive of its own, which saves a request per acquisition
+//! on a busy store; the price is that a dead holder's lock is taken over up
+//! to a second later.
 //!
 //! **Leader changes re-arm leases**: a new leader gives every lease its full
 //! ttl again, so expiry moves later, never earlier. Holders are safe (their

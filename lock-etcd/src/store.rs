@@ -22,7 +22,7 @@ use crate::config::EtcdConfig;
 use crate::conn::Conn;
 use crate::error::{is_compacted, is_lease_not_found, store_error};
 use crate::layout::{Layout, LockValue, decode_value, encode_value, excerpt, value_bounds};
-use crate::lease::{EtcdLease, KeepAlive, SLACK, ttl_of};
+use crate::lease::{EtcdLease, KeepAlive, ttl_of};
 
 /// The most bytes of etcd keys one etcd lease carries before the store
 /// opens another for the same ttl: a renewal lists a lease's keys in one
@@ -171,7 +171,7 @@ impl EtcdStore {
             Some(min_ttl) => ceil_secs(min_ttl).max(1),
             None => {
                 // The lease granted for 1 s shows the server's minimum.
-                let probe = EtcdLease::grant(&conn, 1).await?;
+                let probe = EtcdLease::grant(&conn, 1, Duration::ZERO).await?;
                 probe.revoke_in_background(&conn);
                 probe.granted.as_secs()
             }
@@ -274,10 +274,11 @@ impl EtcdStore {
         if let Some(lease) = self.inner.usable_lease(ttl_secs, now, key_len) {
             return Ok(lease);
         }
-        let secs = i64::try_from(ttl_secs + SLACK.as_secs()).map_err(|_| {
+        let slack = self.inner.config.lease_slack;
+        let secs = i64::try_from(ttl_secs + slack.as_secs()).map_err(|_| {
             StoreError::new(StoreErrorKind::Invalid, "the ttl is too long for etcd")
         })?;
-        let lease = Arc::new(EtcdLease::grant(&self.inner.conn, secs).await?);
+        let lease = Arc::new(EtcdLease::grant(&self.inner.conn, secs, slack).await?);
         let mut state = self.inner.state();
         if let Some(old) = state.current.insert(ttl_secs, lease.clone())
             && old.surely_expired(Instant::now())
@@ -564,7 +565,7 @@ impl LeaseStore for EtcdStore {
                 .or_else([TxnOp::get(lock_key.clone(), None)]);
             let (reply, kept) = tokio::join!(
                 self.inner.conn.txn(&txn),
-                lease.keep_alive(&self.inner.conn, slack_before(started))
+                lease.keep_alive(&self.inner.conn, started)
             );
             let reply = match reply {
                 Ok(reply) => reply,
@@ -668,10 +669,8 @@ impl LeaseStore for EtcdStore {
         };
         let conn = &self.inner.conn;
         let checks = join_all(groups.iter().map(|lease| async move {
-            let (kept, keys) = tokio::join!(
-                lease.keep_alive(conn, slack_before(started)),
-                lease.attached_keys(conn)
-            );
+            let (kept, keys) =
+                tokio::join!(lease.keep_alive(conn, started), lease.attached_keys(conn));
             match (kept?, keys?) {
                 (KeepAlive::Alive { ttl, .. }, Some(keys)) => Ok(LeaseCheck::Alive {
                     ttl,
@@ -1035,11 +1034,6 @@ fn first_kv(reply: &TxnResponse, index: usize) -> Option<KeyValue> {
         TxnOpResponse::Get(get) => get.kvs().first().cloned(),
         _ => None,
     }
-}
-
-/// The earliest keep-alive that still covers a ttl counted from `start`.
-fn slack_before(start: Instant) -> Instant {
-    start.checked_sub(SLACK).unwrap_or(start)
 }
 
 /// Whole seconds, rounded up.

@@ -1,6 +1,7 @@
 //! The etcd store's own contract beyond the shared suite: the server's
-//! minimum ttl, whole-second ttls, garbage in lock keys, credentials kept
-//! secret, the fencing recipe, and renewals that notice deleted keys.
+//! minimum ttl, whole-second ttls, how long a dead holder's lock outlives
+//! it, garbage in lock keys, credentials kept secret, the fencing recipe,
+//! and renewals that notice deleted keys.
 
 use std::time::Duration;
 
@@ -94,6 +95,58 @@ async fn applied_ttls_are_whole_seconds_rounded_up() {
             AcquireOutcome::Acquired(grant) => assert_eq!(grant.ttl, applied, "{asked:?}"),
             AcquireOutcome::Held(holder) => panic!("held: {holder:?}"),
         }
+    }
+}
+
+/// How long after a grant that is never renewed (its holder died at once)
+/// another client gets the lock: not before the holder's deadline, and by
+/// default within the ttl plus etcd's expiry lag; with a lease slack of
+/// 1 s, about a second later.
+#[tokio::test]
+async fn a_dead_holders_lock_is_free_within_its_ttl_unless_a_slack_is_set() {
+    let Some(server) = server().await else { return };
+    let waiter = connect(server).await;
+    let ttl = waiter.min_ttl().max(Duration::from_secs(2));
+    for slack in [Duration::ZERO, Duration::from_secs(1)] {
+        let config = EtcdConfig::new(server.endpoints()).lease_slack(slack);
+        let dead = EtcdStore::connect_with(config).await.expect("connect");
+        let key = unique_key("dead-holder");
+        let started = tokio::time::Instant::now();
+        let request = AcquireRequest::new(&key, "dead", LeaseId::random(), ttl);
+        let AcquireOutcome::Acquired(grant) = dead.acquire(request).await.expect("acquire") else {
+            panic!("the key is new");
+        };
+        assert_eq!(grant.ttl, ttl);
+        let taken_over = loop {
+            let request = AcquireRequest::new(&key, "next", LeaseId::random(), ttl);
+            match waiter.acquire(request).await.expect("acquire") {
+                AcquireOutcome::Acquired(_) => break started.elapsed(),
+                AcquireOutcome::Held(_) => {
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        waiter.wait_for_change(&key, Duration::from_secs(5)),
+                    )
+                    .await;
+                }
+            }
+        };
+        assert!(
+            taken_over >= ttl,
+            "{slack:?}: taken over after {taken_over:?}"
+        );
+        // etcd revokes expired leases on a 500 ms tick.
+        let bound = ttl + slack + Duration::from_millis(800);
+        assert!(
+            taken_over <= bound,
+            "{slack:?}: taken over after {taken_over:?}, bound {bound:?}"
+        );
+        if !slack.is_zero() {
+            assert!(
+                taken_over >= ttl + slack - Duration::from_millis(100),
+                "the slack keeps the lock a second longer: {taken_over:?}"
+            );
+        }
+        drop(dead);
     }
 }
 
