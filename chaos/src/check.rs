@@ -52,14 +52,39 @@ pub(crate) struct Phases {
     pub(crate) outlive_bound: u64,
 }
 
+/// One rule broken.
+#[derive(Debug, Clone)]
+pub(crate) struct Violation {
+    /// What happened, with the events involved.
+    pub(crate) text: String,
+    /// The lock id and time window whose history explains it.
+    pub(crate) slice: Option<(String, u64, u64)>,
+}
+
+impl Violation {
+    pub(crate) fn new(text: String) -> Self {
+        Self { text, slice: None }
+    }
+
+    fn on(key: &str, from: u64, to: u64, text: String) -> Self {
+        Self {
+            text,
+            slice: Some((key.to_owned(), from, to)),
+        }
+    }
+}
+
 /// The outcome of the checks.
 #[derive(Debug, Default)]
 pub(crate) struct Report {
-    /// Every rule broken, described with the events involved.
-    pub(crate) violations: Vec<String>,
+    /// Every rule broken.
+    pub(crate) violations: Vec<Violation>,
     /// Per key, how long the dead holder's lock stayed taken after its
     /// death (until a waiter got it).
     pub(crate) outlived: Vec<(String, u64)>,
+    /// Overlapping holders inside an excused window: paused or blocked
+    /// holders, locks a store lost. Fencing has to stop these.
+    pub(crate) excused_overlaps: usize,
 }
 
 /// Checks a run's merged events and register decisions.
@@ -72,6 +97,7 @@ pub(crate) fn check(
 ) -> Report {
     let quiet_from = phases.quiet_from;
     let mut report = Report::default();
+    let mut excused_overlaps = 0;
     let violations = &mut report.violations;
     let mut by_key: HashMap<&str, Vec<&Value>> = HashMap::new();
     for event in events {
@@ -118,18 +144,28 @@ pub(crate) fn check(
             if let Some(other) = seen.insert(grant.token, grant.lease)
                 && other != grant.lease
             {
-                violations.push(format!(
-                    "{key}: fencing token {} granted twice (leases {other} and {})",
-                    grant.token, grant.lease
+                violations.push(Violation::on(
+                    key,
+                    grant.at,
+                    grant.at,
+                    format!(
+                        "{key}: fencing token {} granted twice (leases {other} and {})",
+                        grant.token, grant.lease
+                    ),
                 ));
             }
         }
         for a in &grants {
             for b in &grants {
                 if a.lease != b.lease && a.at < b.called && a.token >= b.token {
-                    violations.push(format!(
-                        "{key}: {} got token {} at {}, before {} asked ({}) and got the smaller or equal token {}",
-                        a.client, a.token, a.at, b.client, b.called, b.token
+                    violations.push(Violation::on(
+                        key,
+                        a.at,
+                        b.at,
+                        format!(
+                            "{key}: {} got token {} at {}, before {} asked ({}) and got the smaller or equal token {}",
+                            a.client, a.token, a.at, b.client, b.called, b.token
+                        ),
                     ));
                 }
             }
@@ -142,10 +178,17 @@ pub(crate) fn check(
                 let excused = excuses.iter().any(|excuse| {
                     excuse.covers(a.client, a.at, a.end) || excuse.covers(b.client, b.at, b.end)
                 });
-                if !excused {
-                    violations.push(format!(
-                        "{key}: two holders at once: {} held [{}, {}) (token {}), {} was granted at {} (token {})",
-                        a.client, a.at, a.end, a.token, b.client, b.at, b.token
+                if excused {
+                    excused_overlaps += 1;
+                } else {
+                    violations.push(Violation::on(
+                        key,
+                        a.at,
+                        a.end,
+                        format!(
+                            "{key}: two holders at once: {} held [{}, {}) (token {}), {} was granted at {} (token {})",
+                            a.client, a.at, a.end, a.token, b.client, b.at, b.token
+                        ),
                     ));
                 }
             }
@@ -163,9 +206,14 @@ pub(crate) fn check(
                 .iter()
                 .any(|excuse| excuse.covers(text(event, "w"), deadline, at));
             if late && !excused {
-                violations.push(format!(
-                    "{key}: {} saw its lock expired at {at}, long after its deadline {deadline}",
-                    text(event, "w")
+                violations.push(Violation::on(
+                    key,
+                    deadline,
+                    at,
+                    format!(
+                        "{key}: {} saw its lock expired at {at}, long after its deadline {deadline}",
+                        text(event, "w")
+                    ),
                 ));
             }
         }
@@ -175,10 +223,10 @@ pub(crate) fn check(
         if let Some(previous) = last.insert(&decision.key, decision.token)
             && decision.token < previous
         {
-            violations.push(format!(
+            violations.push(Violation::new(format!(
                 "{}: the register accepted token {} after {previous}",
                 decision.key, decision.token
-            ));
+            )));
         }
     }
     for key in keys {
@@ -188,17 +236,20 @@ pub(crate) fn check(
                 .any(|event| text(event, "kind") == "granted" && num(event, "at") >= quiet_from)
         });
         if !granted_when_quiet {
-            violations.push(format!("{key}: never granted after the faults stopped"));
+            violations.push(Violation::new(format!(
+                "{key}: never granted after the faults stopped"
+            )));
         }
     }
     check_warnings(events, violations);
+    report.excused_overlaps = excused_overlaps;
     check_final_phase(events, phases, keys, &mut report);
     report
 }
 
 /// Every loss came after a warning, a live lock never showed a deadline in
 /// the past, and a lost lock never turned valid again.
-fn check_warnings(events: &[Value], violations: &mut Vec<String>) {
+fn check_warnings(events: &[Value], violations: &mut Vec<Violation>) {
     let mut warned: HashMap<&str, u64> = HashMap::new();
     let mut lost: HashMap<&str, u64> = HashMap::new();
     for event in events {
@@ -210,12 +261,17 @@ fn check_warnings(events: &[Value], violations: &mut Vec<String>) {
             "lost" => {
                 lost.insert(lease, num(event, "at"));
             }
-            "valid-after-deadline" => violations.push(format!(
-                "{}: {} was told its lock was valid at {}, after its deadline {}",
+            "valid-after-deadline" => violations.push(Violation::on(
                 text(event, "k"),
-                text(event, "w"),
+                num(event, "deadline"),
                 num(event, "asked"),
-                num(event, "deadline")
+                format!(
+                    "{}: {} was told its lock was valid at {}, after its deadline {}",
+                    text(event, "k"),
+                    text(event, "w"),
+                    num(event, "asked"),
+                    num(event, "deadline")
+                ),
             )),
             _ => {}
         }
@@ -227,17 +283,27 @@ fn check_warnings(events: &[Value], violations: &mut Vec<String>) {
         };
         match text(event, "kind") {
             "lost" if warned.get(lease).is_none_or(|&at| at > lost_at) => {
-                violations.push(format!(
-                    "{}: {} lost lease {lease} at {lost_at} without a warning first",
+                violations.push(Violation::on(
                     text(event, "k"),
-                    text(event, "w")
+                    lost_at,
+                    lost_at,
+                    format!(
+                        "{}: {} lost lease {lease} at {lost_at} without a warning first",
+                        text(event, "k"),
+                        text(event, "w")
+                    ),
                 ));
             }
-            "renewed" if num(event, "at") > lost_at => violations.push(format!(
-                "{}: {} saw lease {lease} valid again at {} after it was lost at {lost_at}",
+            "renewed" if num(event, "at") > lost_at => violations.push(Violation::on(
                 text(event, "k"),
-                text(event, "w"),
-                num(event, "at")
+                lost_at,
+                num(event, "at"),
+                format!(
+                    "{}: {} saw lease {lease} valid again at {} after it was lost at {lost_at}",
+                    text(event, "k"),
+                    text(event, "w"),
+                    num(event, "at")
+                ),
             )),
             _ => {}
         }
@@ -256,12 +322,17 @@ fn check_final_phase(events: &[Value], phases: &Phases, keys: &[&str], report: &
             text(event, "kind"),
             "not-granted" | "store-error" | "other" | "cancelled"
         ) {
-            report.violations.push(format!(
-                "{}: {} asked for {} ms after the faults stopped and did not get it: {}",
+            report.violations.push(Violation::on(
                 text(event, "k"),
-                text(event, "w"),
-                num(event, "wait") / 1_000_000,
-                text(event, "error")
+                num(event, "called"),
+                num(event, "at"),
+                format!(
+                    "{}: {} asked for {} ms after the faults stopped and did not get it: {}",
+                    text(event, "k"),
+                    text(event, "w"),
+                    num(event, "wait") / 1_000_000,
+                    text(event, "error")
+                ),
             ));
         }
     }
@@ -271,18 +342,23 @@ fn check_final_phase(events: &[Value], phases: &Phases, keys: &[&str], report: &
             .map(|event| num(event, "at"))
             .min();
         let Some(first) = first else {
-            report
-                .violations
-                .push(format!("{key}: never granted after its holder was killed"));
+            report.violations.push(Violation::new(format!(
+                "{key}: never granted after its holder was killed"
+            )));
             continue;
         };
         let outlived = first.saturating_sub(killed_at);
         report.outlived.push(((*key).to_owned(), outlived));
         if outlived > phases.outlive_bound {
-            report.violations.push(format!(
-                "{key}: the killed holder's lock stayed taken {} ms after its death (bound {} ms)",
-                outlived / 1_000_000,
-                phases.outlive_bound / 1_000_000
+            report.violations.push(Violation::on(
+                key,
+                killed_at,
+                first,
+                format!(
+                    "{key}: the killed holder's lock stayed taken {} ms after its death (bound {} ms)",
+                    outlived / 1_000_000,
+                    phases.outlive_bound / 1_000_000
+                ),
             ));
         }
     }
@@ -314,7 +390,11 @@ mod tests {
     }
 
     fn run(events: &[Value], excuses: &[Excuse]) -> Vec<String> {
-        check(events, &[], excuses, &phases(0), &["a"]).violations
+        texts(check(events, &[], excuses, &phases(0), &["a"]))
+    }
+
+    fn texts(report: Report) -> Vec<String> {
+        report.violations.into_iter().map(|v| v.text).collect()
     }
 
     #[test]
@@ -343,7 +423,9 @@ mod tests {
             to: 3000 * MS,
             client_prefix: "w0/".into(),
         };
-        assert_eq!(run(&events, &[paused]), Vec::<String>::new());
+        let report = check(&events, &[], &[paused], &phases(0), &["a"]);
+        assert_eq!(report.excused_overlaps, 1);
+        assert!(report.violations.is_empty(), "{:?}", report.violations);
     }
 
     #[test]
@@ -383,7 +465,13 @@ mod tests {
                 accepted: true,
             },
         ];
-        let found = check(&events, &decisions, &[], &phases(200 * MS), &["a", "b"]).violations;
+        let found = texts(check(
+            &events,
+            &decisions,
+            &[],
+            &phases(200 * MS),
+            &["a", "b"],
+        ));
         assert!(
             found.iter().any(|v| v.contains("long after its deadline")),
             "{found:?}"
@@ -442,7 +530,7 @@ mod tests {
         };
         let report = check(&events, &[], &[], &phases, &["a", "b"]);
         assert_eq!(report.outlived, vec![("a".to_owned(), 2000 * MS)]);
-        let found = &report.violations;
+        let found = &texts(report);
         assert!(
             found.iter().any(|v| v.contains("w5/t0 asked for 20000 ms")),
             "{found:?}"
@@ -457,7 +545,7 @@ mod tests {
             outlive_bound: 1000 * MS,
             ..phases
         };
-        let found = check(&events[..1], &[], &[], &late, &["a"]).violations;
+        let found = texts(check(&events[..1], &[], &[], &late, &["a"]));
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(found[0].contains("stayed taken 2000 ms"), "{found:?}");
     }

@@ -35,7 +35,7 @@ use rustix::process::{Pid, Signal, kill_process};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::check::{Excuse, Phases};
+use crate::check::{Excuse, Phases, Violation};
 use crate::clock::{nanos, now_ns};
 use crate::register::Register;
 use crate::target::{BACKENDS, Target};
@@ -55,11 +55,11 @@ const QUIET: Duration = Duration::from_secs(12);
 /// dead holder's lease to run out and every other waiter to have its turn.
 pub(crate) const LIVENESS_WAIT: Duration = Duration::from_secs(20);
 /// How long a lock may stay taken after its holder was killed: its ttl,
-/// plus 0.5 s for the waiter to see it free; etcd adds its 1 s lease slack
-/// and up to 0.5 s until the leader revokes an expired lease.
+/// plus 0.5 s for the waiter to see it free; on etcd plus up to 0.5 s until
+/// the leader revokes an expired lease (it looks every 500 ms).
 fn outlive_bound(backend: &str) -> Duration {
     let store = if backend.starts_with("etcd") {
-        Duration::from_millis(1500)
+        Duration::from_millis(500)
     } else {
         Duration::ZERO
     };
@@ -293,7 +293,8 @@ async fn run_backend(backend: &str, length: Duration, seed: u64) -> Result<usize
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed);
     let mut excuses: Vec<Excuse> = Vec::new();
-    let mut faults: Vec<&'static str> = Vec::new();
+    // Each fault with when it began and ended.
+    let mut faults: Vec<(&'static str, u64, u64)> = Vec::new();
     let mut worker_errors = Vec::new();
     let stop_at = now_ns() + nanos(length);
     while now_ns() < stop_at {
@@ -301,7 +302,7 @@ async fn run_backend(backend: &str, length: Duration, seed: u64) -> Result<usize
         let mut kinds = vec!["pause-worker", "kill-worker"];
         kinds.extend(target.fault_kinds());
         let kind = kinds[rng.random_range(0..kinds.len())];
-        faults.push(kind);
+        let began = now_ns();
         match kind {
             "pause-worker" => {
                 let victim = rng.random_range(0..workers.running.len());
@@ -336,6 +337,7 @@ async fn run_backend(backend: &str, length: Duration, seed: u64) -> Result<usize
                 }
             }
         }
+        faults.push((kind, began, now_ns()));
     }
     // Let everything heal and settle, then watch the quiet period.
     // Clients reconnect (etcd's balancer can take seconds) and the last
@@ -376,7 +378,9 @@ async fn run_backend(backend: &str, length: Duration, seed: u64) -> Result<usize
         outlive_bound: nanos(outlive_bound(backend)),
     };
     let mut report = check::check(&events, &decisions, &excuses, &phases, &KEYS);
-    report.violations.extend(worker_errors);
+    report
+        .violations
+        .extend(worker_errors.into_iter().map(Violation::new));
     let violations = &report.violations;
     let count = |kinds: &[&str]| {
         events
@@ -394,7 +398,7 @@ async fn run_backend(backend: &str, length: Duration, seed: u64) -> Result<usize
     ]);
     let stale = decisions.iter().filter(|d| !d.accepted).count();
     let mut counted: Vec<(&str, usize)> = Vec::new();
-    for fault in &faults {
+    for (fault, _, _) in &faults {
         match counted.iter_mut().find(|(kind, _)| kind == fault) {
             Some((_, n)) => *n += 1,
             None => counted.push((fault, 1)),
@@ -410,7 +414,7 @@ async fn run_backend(backend: &str, length: Duration, seed: u64) -> Result<usize
         .map(|(key, ns)| format!("{key} {} ms", ns / 1_000_000))
         .collect();
     println!(
-        "{backend}: {attempts} lock attempts ({} cancelled), {grants} grants, {} register writes ({stale} stale refused), {} lockers closed mid-run, {} warnings, {} locks lost; faults: {}, thread blocks {}; dead holder's locks free after: {}; violations: {}",
+        "{backend}: {attempts} lock attempts ({} cancelled), {grants} grants, {} register writes ({stale} stale refused), {} lockers closed mid-run, {} warnings, {} locks lost; faults: {}, thread blocks {}; overlaps excused {}; dead holder's locks free after: {}; violations: {}",
         count(&["cancelled"]),
         decisions.len(),
         count(&["closed"]),
@@ -422,6 +426,7 @@ async fn run_backend(backend: &str, length: Duration, seed: u64) -> Result<usize
             counted.join(", ")
         },
         count(&["blocked"]),
+        report.excused_overlaps,
         if outlived.is_empty() {
             "-".to_owned()
         } else {
@@ -430,16 +435,52 @@ async fn run_backend(backend: &str, length: Duration, seed: u64) -> Result<usize
         violations.len()
     );
     for violation in violations.iter().take(5) {
-        println!("  violation: {violation}");
+        println!("  violation: {}", violation.text);
     }
-    if !violations.is_empty() {
+    if let Some((key, from, to)) = violations.iter().find_map(|v| v.slice.clone()) {
+        print_slice(&events, &faults, &key, from, to);
+    }
+    let failed = violations.len();
+    if failed > 0 {
         println!(
             "  reproduce with: dlock-chaos --backend {backend} --seed {seed} --seconds {}",
             length.as_secs()
         );
+        drop(target);
+        let kept = dir.keep();
+        println!(
+            "  every event and each worker's log (*.trace) are kept in {}",
+            kept.display()
+        );
     }
-    drop(target);
-    Ok(violations.len())
+    Ok(failed)
+}
+
+/// Prints the history around a violation: the lock id's events from a
+/// second before to a second after, and the faults of that time.
+fn print_slice(
+    events: &[serde_json::Value],
+    faults: &[(&str, u64, u64)],
+    key: &str,
+    from: u64,
+    to: u64,
+) {
+    let (from, to) = (from.saturating_sub(1_000_000_000), to + 1_000_000_000);
+    println!("  history of {key} from {from} to {to} (ns on the run's monotonic clock):");
+    for (kind, began, ended) in faults {
+        if *began <= to && from <= *ended + 3_000_000_000 {
+            println!("    fault {kind} [{began}, {ended})");
+        }
+    }
+    let mut slice: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["k"] == key || e["kind"] == "blocked")
+        .filter(|e| (from..=to).contains(&e["at"].as_u64().unwrap_or(0)))
+        .collect();
+    slice.sort_by_key(|e| e["at"].as_u64().unwrap_or(0));
+    for event in slice.iter().take(80) {
+        println!("    {event}");
+    }
 }
 
 fn read_events(logs: &[PathBuf]) -> Result<Vec<serde_json::Value>, String> {

@@ -209,7 +209,34 @@ impl Recorder {
     }
 }
 
+/// Sends the stores' and lockers' logs to `<log>.trace`, stamped on the
+/// events' clock, for reading next to the events when a check fails.
+fn trace_to_file(log: &std::path::Path) -> Result<(), String> {
+    struct Monotonic;
+    impl tracing_subscriber::fmt::time::FormatTime for Monotonic {
+        fn format_time(
+            &self,
+            w: &mut tracing_subscriber::fmt::format::Writer<'_>,
+        ) -> std::fmt::Result {
+            write!(w, "{}", now_ns())
+        }
+    }
+    let file = std::fs::File::create(log.with_extension("trace")).map_err(|e| e.to_string())?;
+    let filter = std::env::var("DLOCK_CHAOS_TRACE").unwrap_or_else(|_| {
+        "warn,lock_core=info,lock_etcd=info,lock_redis=info,lock_postgres=info,lock_sqlite=info"
+            .to_owned()
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_timer(Monotonic)
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(file))
+        .try_init();
+    Ok(())
+}
+
 pub(crate) async fn run(args: WorkerArgs) -> Result<(), String> {
+    trace_to_file(&args.log)?;
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
