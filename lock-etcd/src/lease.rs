@@ -260,7 +260,10 @@ impl EtcdLease {
             Err(_) => Err(StoreError::timeout("etcd lease time-to-live timed out")),
             Ok(Err(error)) if is_lease_not_found(&error) => Ok(None),
             Ok(Err(error)) => Err(store_error(error, "lease time-to-live", None)),
-            Ok(Ok(reply)) if reply.ttl() <= 0 => Ok(None),
+            // etcd truncates the remaining time to whole seconds: 0 is a
+            // lease with less than a second left, -1 one that is gone. (The
+            // keep-alive sent alongside tells whether it was extended.)
+            Ok(Ok(reply)) if reply.ttl() < 0 => Ok(None),
             Ok(Ok(reply)) => Ok(Some(reply.keys().to_vec())),
         }
     }
