@@ -5,7 +5,8 @@
 //! dlock status [--backend URL] [--json] ID
 //! ```
 //!
-//! Exit codes: the command's own (128 + signal when a signal ended it); 75
+//! Exit codes: the command's own (128 + signal when a signal ended it, or
+//! when SIGINT, SIGTERM or SIGHUP reached dlock before it started); 75
 //! when the lock could not be had in time; 64 for a bad argument or URL; 69
 //! when the backend is unreachable; 127 when the command cannot be started.
 #![forbid(unsafe_code)]
@@ -197,8 +198,38 @@ async fn run_inner(args: RunArgs) -> Result<u8, u8> {
             eprintln!("dlock: {error}");
             EXIT_USAGE
         })?;
-    let locker = open(&url, options).await?;
-    let guard = acquire(&*locker, &args.id, args.wait).await?;
+    // Listening starts before anything is asked of the backend: a signal
+    // that arrives before the command runs then ends dlock cleanly, its lock
+    // released, instead of killing it with the lock held for a whole lease.
+    let mut signals = Signals::listen().map_err(|error| {
+        eprintln!("dlock: cannot listen for signals: {error}");
+        EXIT_SOFTWARE
+    })?;
+    let locker = tokio::select! {
+        locker = open(&url, options) => locker?,
+        signal = signals.recv() => return Err(exit_code_of_signal(signal)),
+    };
+    let guard = tokio::select! {
+        guard = acquire(&*locker, &args.id, args.wait) => guard,
+        signal = signals.recv() => {
+            // The cancelled attempt releases whatever it was granted; close
+            // waits for that release.
+            let _ = locker.close().await;
+            return Err(exit_code_of_signal(signal));
+        }
+    };
+    let guard = match guard {
+        Ok(guard) => guard,
+        Err(code) => {
+            let _ = locker.close().await;
+            return Err(code);
+        }
+    };
+    if let Some(signal) = signals.pending() {
+        let _ = guard.unlock().await;
+        let _ = locker.close().await;
+        return Err(exit_code_of_signal(signal));
+    }
     let token = guard
         .fencing_token()
         .map(ToString::to_string)
@@ -222,7 +253,7 @@ async fn run_inner(args: RunArgs) -> Result<u8, u8> {
             return Err(EXIT_CANNOT_RUN);
         }
     };
-    let status = supervise(child, &guard, &args.id, args.kill_grace).await;
+    let status = supervise(child, &mut signals, &guard, &args.id, args.kill_grace).await;
     if let Err(error) = guard.unlock().await {
         eprintln!(
             "dlock: releasing {:?} failed (it expires by itself): {error}",
@@ -237,6 +268,52 @@ async fn run_inner(args: RunArgs) -> Result<u8, u8> {
             EXIT_SOFTWARE
         }
     })
+}
+
+/// The shell's convention for a process ended by `signal`: 128 + its number.
+fn exit_code_of_signal(signal: Signal) -> u8 {
+    u8::try_from(128 + signal.as_raw()).unwrap_or(EXIT_SOFTWARE)
+}
+
+/// The signals dlock passes on to its command (SIGINT, SIGTERM, SIGHUP).
+/// Tokio records a signal from the moment a stream exists, so none is lost
+/// between the streams' creation and the first `recv`.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn listen() -> std::io::Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// The next signal.
+    async fn recv(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.interrupt.recv() => Signal::INT,
+            _ = self.terminate.recv() => Signal::TERM,
+            _ = self.hangup.recv() => Signal::HUP,
+        }
+    }
+
+    /// A signal that has already arrived, if any.
+    fn pending(&mut self) -> Option<Signal> {
+        let waker = std::task::Waker::noop();
+        let mut context = std::task::Context::from_waker(waker);
+        [
+            (&mut self.interrupt, Signal::INT),
+            (&mut self.terminate, Signal::TERM),
+            (&mut self.hangup, Signal::HUP),
+        ]
+        .into_iter()
+        .find_map(|(stream, signal)| stream.poll_recv(&mut context).is_ready().then_some(signal))
+    }
 }
 
 /// The shell's convention: the exit code, or 128 + the signal that ended
@@ -330,6 +407,7 @@ fn round(duration: Duration) -> Duration {
 /// is lost.
 async fn supervise(
     mut child: tokio::process::Child,
+    signals: &mut Signals,
     guard: &LockGuard,
     id: &str,
     grace: Duration,
@@ -343,18 +421,13 @@ async fn supervise(
             let _ = kill_process(pid, signal);
         }
     };
-    let mut interrupts = signal(SignalKind::interrupt())?;
-    let mut terminations = signal(SignalKind::terminate())?;
-    let mut hangups = signal(SignalKind::hangup())?;
     let mut warned = false;
     let mut kill_at: Option<Instant> = None;
     let mut killed = false;
     loop {
         tokio::select! {
             status = child.wait() => return status,
-            _ = interrupts.recv() => send(Signal::INT),
-            _ = terminations.recv() => send(Signal::TERM),
-            _ = hangups.recv() => send(Signal::HUP),
+            signal = signals.recv() => send(signal),
             _ = guard.expiring(), if !warned => {
                 warned = true;
                 eprintln!("dlock: lock {id:?} is expiring (renewals are failing): sending SIGTERM to the command");

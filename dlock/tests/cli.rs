@@ -153,11 +153,7 @@ fn no_wait_against_a_held_lock_exits_75_naming_the_holder() {
         stderr(&waited)
     );
 
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(i32::try_from(holder.id()).unwrap()).unwrap(),
-        rustix::process::Signal::TERM,
-    )
-    .unwrap();
+    terminate(&holder);
     let status = wait_with_limit(&mut holder, Duration::from_secs(10));
     assert_eq!(
         status.code(),
@@ -201,22 +197,88 @@ fn the_commands_exit_code_and_death_by_signal_pass_through() {
 fn sigterm_to_dlock_reaches_the_command_and_releases_the_lock() {
     let scratch = Scratch::new();
     let marker = scratch.path("got-term");
+    let ready = scratch.path("trap-set");
+    // The command says when its trap is set: a TERM before that would end
+    // the shell by default, which is not what this test is about.
     let script = format!(
-        "trap 'echo term > {}; exit 3' TERM; while :; do sleep 0.05; done",
-        marker.display()
+        "trap 'echo term > {}; exit 3' TERM; touch {}; while :; do sleep 0.05; done",
+        marker.display(),
+        ready.display()
     );
     let mut run = scratch
         .dlock()
         .args(["run", "service", "--", "sh", "-c", &script])
         .spawn()
         .unwrap();
-    scratch.wait_until_held("service");
-    let pid = rustix::process::Pid::from_raw(i32::try_from(run.id()).unwrap()).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    wait_for(Duration::from_secs(10), || ready.exists());
+    terminate(&run);
     let status = wait_with_limit(&mut run, Duration::from_secs(10));
     assert_eq!(status.code(), Some(3));
     assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), "term");
     assert_eq!(scratch.status_json("service")["held"], false);
+}
+
+#[test]
+fn sigterm_while_waiting_ends_dlock_without_running_the_command() {
+    let scratch = Scratch::new();
+    let ready = scratch.path("holder-ready");
+    let mut holder = scratch
+        .dlock()
+        .args([
+            "run",
+            "job",
+            "--",
+            "sh",
+            "-c",
+            &format!("touch {}; sleep 30", ready.display()),
+        ])
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(10), || ready.exists());
+    let ran = scratch.path("waiter-ran");
+    let mut waiter = scratch
+        .dlock()
+        .args(["run", "--wait", "60s", "job", "--", "touch"])
+        .arg(&ran)
+        .spawn()
+        .unwrap();
+    // dlock catches TERM from before it asks for the lock; until then the
+    // default action would kill it, so wait for the handler.
+    wait_for(Duration::from_secs(10), || catches_sigterm(waiter.id()));
+    terminate(&waiter);
+    let status = wait_with_limit(&mut waiter, Duration::from_secs(10));
+    assert_eq!(
+        status.code(),
+        Some(128 + 15),
+        "ended by dlock, not by the signal"
+    );
+    assert!(!ran.exists(), "the command must not run");
+    let status = scratch.status_json("job");
+    assert_eq!(status["held"], true);
+    assert_eq!(
+        status["last_token"], "1",
+        "the waiter was never granted the lock"
+    );
+    terminate(&holder);
+    let _ = wait_with_limit(&mut holder, Duration::from_secs(10));
+    assert_eq!(scratch.status_json("job")["held"], false);
+}
+
+/// SIGTERM to a child process.
+fn terminate(child: &Child) {
+    let pid = rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+}
+
+/// Whether the process `pid` has a handler for SIGTERM (Linux: bit 14 of
+/// `SigCgt` in /proc/PID/status).
+fn catches_sigterm(pid: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << 14) != 0)
 }
 
 #[test]
