@@ -264,6 +264,63 @@ fn sigterm_while_waiting_ends_dlock_without_running_the_command() {
     assert_eq!(scratch.status_json("job")["held"], false);
 }
 
+#[test]
+fn a_host_clock_stepped_forward_ends_the_sqlite_lease_and_the_command_is_told() {
+    let scratch = Scratch::new();
+    // Every dlock here follows one fake wall clock: stepping it is a step of
+    // the host's clock, which SQLite's expiry follows.
+    let mut clock = match conformance_tests::harness::FakeClock::new(scratch.dir.path()) {
+        Ok(clock) => clock,
+        Err(error) => match error.skip_reason() {
+            Some(reason) => {
+                eprintln!("skipped: {reason}");
+                return;
+            }
+            None => panic!("{error}"),
+        },
+    };
+    let marker = scratch.path("got-term");
+    let ready = scratch.path("trap-set");
+    let script = format!(
+        "trap 'echo term > {}; exit 3' TERM; touch {}; while :; do sleep 0.05; done",
+        marker.display(),
+        ready.display()
+    );
+    let mut holder = scratch
+        .dlock()
+        .envs(clock.environment())
+        .args(["run", "--lease", "6s", "job", "--", "sh", "-c", &script])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(10), || ready.exists());
+
+    clock.set_offset(3600).unwrap();
+    let next = scratch
+        .dlock()
+        .envs(clock.environment())
+        .args(["run", "job", "--", "sh", "-c", "echo $DLOCK_FENCING_TOKEN"])
+        .output()
+        .unwrap();
+    assert!(
+        next.status.success(),
+        "the lease ended with the step: {next:?}"
+    );
+    assert_eq!(String::from_utf8_lossy(&next.stdout).trim(), "2");
+    assert!(
+        holder.try_wait().unwrap().is_none(),
+        "the holder's command was still running while another took the lock"
+    );
+
+    // The holder's next renewal (every 2 s) finds the lease gone.
+    let status = wait_with_limit(&mut holder, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(3), "the command got SIGTERM");
+    assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), "term");
+    let mut message = String::new();
+    std::io::Read::read_to_string(&mut holder.stderr.take().unwrap(), &mut message).unwrap();
+    assert!(message.contains("is expiring"), "{message}");
+}
+
 /// SIGTERM to a child process.
 fn terminate(child: &Child) {
     let pid = rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();

@@ -15,7 +15,13 @@
 //!   the database, which would halve the throughput of uncontended locks.
 //!
 //! Expiry is decided by the server's `clock_timestamp()` (not `now()`,
-//! which is the transaction's start). Statements run under READ COMMITTED,
+//! which is the transaction's start), so it follows the server's wall
+//! clock: a step forward ends leases early (another client can take a lock
+//! while its holder's local deadline is still ahead; the holder learns at
+//! its next renewal, and fencing tokens keep the two apart), a step back
+//! makes a dead holder's lock stay taken longer by the step. Run the server
+//! with a slewing clock (NTP/chrony slew mode) where that matters; the tests
+//! in `tests/clock.rs` step a server's clock both ways. Statements run under READ COMMITTED,
 //! where the single-statement upsert is a safe compare-and-set; pools the
 //! store makes pin that level at connect time (`default_transaction_isolation`).
 //! A pool passed in with [`PostgresStoreBuilder::build_with_pool`] must not

@@ -5,7 +5,10 @@
 //! UPDATE ... WHERE <lease expired> RETURNING`), a batch renewal one
 //! `UPDATE` over a JSON array, release a compare-and-set on the lease id.
 //! Expiry follows the database's own clock (`unixepoch('subsec')`, in
-//! milliseconds), which every process of the host shares. The file runs in
+//! milliseconds), which every process of the host shares: a step of the
+//! host's wall clock forward ends leases early (the next process takes the
+//! lock; the holder learns at its next renewal, and fencing tokens keep the
+//! two apart), a step back lengthens them. The file runs in
 //! WAL mode with a busy timeout, so readers never block and writers wait
 //! briefly for each other.
 //!

@@ -30,6 +30,7 @@
 //! `DLOCK_TEST_REQUIRE=1`); [`HarnessError::skip_reason`] makes that
 //! decision.
 
+mod clock;
 mod etcd;
 pub mod ports;
 mod postgres;
@@ -43,6 +44,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use clock::FakeClock;
 pub use etcd::{EtcdCluster, EtcdServer};
 pub use ports::{pick_free_port, pick_free_ports};
 pub use postgres::PostgresServer;

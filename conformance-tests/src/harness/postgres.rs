@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tempfile::TempDir;
 use tracing::{debug, warn};
 
+use super::clock::FakeClock;
 use super::process::{ServerProcess, run_command, run_command_blocking, wait_until};
 use super::{
     HarnessError, SecretUrl, env_override, find_in_path, is_executable, redact_url,
@@ -58,6 +59,8 @@ pub struct PostgresServer {
     database: String,
     psql: PathBuf,
     kind: ServerKind,
+    /// The server's own wall clock, on a cluster started with one.
+    clock: Option<FakeClock>,
 }
 
 #[derive(Debug)]
@@ -67,7 +70,7 @@ enum ServerKind {
     /// A cluster the harness started; `process` is declared before `_dir`
     /// so the server dies before its data directory is removed.
     Local {
-        process: ServerProcess,
+        process: Box<ServerProcess>,
         _dir: TempDir,
     },
 }
@@ -108,6 +111,22 @@ impl PostgresServer {
     /// if `initdb` fails; [`HarnessError::StartFailed`], with the end of the
     /// server's log, if it does not come up.
     pub async fn start_local() -> Result<PostgresServer, HarnessError> {
+        Self::start_local_cluster(false).await
+    }
+
+    /// Like [`start_local`](Self::start_local), with a wall clock of the
+    /// server's own that [`clock`](Self::clock) steps (libfaketime): the
+    /// clock `clock_timestamp()`, and so lease expiry, follows.
+    ///
+    /// # Errors
+    ///
+    /// [`HarnessError::Unavailable`] also when libfaketime is not installed;
+    /// otherwise as [`start_local`](Self::start_local).
+    pub async fn start_local_with_clock() -> Result<PostgresServer, HarnessError> {
+        Self::start_local_cluster(true).await
+    }
+
+    async fn start_local_cluster(own_clock: bool) -> Result<PostgresServer, HarnessError> {
         let psql = require_program(SERVER, "psql", "the postgresql-client package")?;
         let bin_dir = find_server_bin_dir().ok_or_else(|| HarnessError::Unavailable {
             server: SERVER,
@@ -185,6 +204,13 @@ impl PostgresServer {
         if let Some((uid, gid)) = run_as {
             process = process.with_user(uid, gid);
         }
+        let clock = if own_clock {
+            let clock = FakeClock::for_server(SERVER, dir.path())?;
+            process = process.with_environment(clock.environment());
+            Some(clock)
+        } else {
+            None
+        };
         process.spawn()?;
 
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -194,7 +220,11 @@ impl PostgresServer {
             addr,
             database: "postgres".to_owned(),
             psql,
-            kind: ServerKind::Local { process, _dir: dir },
+            kind: ServerKind::Local {
+                process: Box::new(process),
+                _dir: dir,
+            },
+            clock,
         };
         server.wait_ready().await?;
         debug!(%addr, "postgres cluster ready");
@@ -239,6 +269,7 @@ impl PostgresServer {
             kind: ServerKind::Shared {
                 admin_url: SecretUrl(admin_url),
             },
+            clock: None,
         })
     }
 
@@ -322,6 +353,21 @@ impl PostgresServer {
     /// [`HarnessError::Unsupported`] on a shared or stopped server.
     pub fn resume(&mut self) -> Result<(), HarnessError> {
         self.process("resume")?.resume()
+    }
+
+    /// The server's own wall clock, to step it.
+    ///
+    /// # Errors
+    ///
+    /// [`HarnessError::InvalidRequest`] unless the server was started with
+    /// [`start_local_with_clock`](Self::start_local_with_clock).
+    pub fn clock(&mut self) -> Result<&mut FakeClock, HarnessError> {
+        self.clock
+            .as_mut()
+            .ok_or_else(|| HarnessError::InvalidRequest {
+                server: SERVER,
+                detail: "the server was not started with a clock of its own".to_owned(),
+            })
     }
 
     fn process(&mut self, operation: &'static str) -> Result<&mut ServerProcess, HarnessError> {

@@ -32,6 +32,7 @@ pub(super) struct ServerProcess {
     working_dir: PathBuf,
     log_path: PathBuf,
     run_as: Option<(u32, u32)>,
+    environment: Vec<(OsString, OsString)>,
     child: Option<Child>,
     watchdog: Option<Child>,
 }
@@ -63,6 +64,7 @@ impl ServerProcess {
             working_dir: working_dir.to_owned(),
             log_path,
             run_as: None,
+            environment: Vec::new(),
             child: None,
             watchdog: None,
         }
@@ -72,6 +74,12 @@ impl ServerProcess {
     /// as root and the server refuses to).
     pub(super) fn with_user(mut self, uid: u32, gid: u32) -> Self {
         self.run_as = Some((uid, gid));
+        self
+    }
+
+    /// Adds these variables to the process's environment.
+    pub(super) fn with_environment(mut self, variables: Vec<(OsString, OsString)>) -> Self {
+        self.environment.extend(variables);
         self
     }
 
@@ -103,6 +111,7 @@ impl ServerProcess {
         let mut command = Command::new(&self.program);
         command
             .args(&self.args)
+            .envs(self.environment.iter().map(|(name, value)| (name, value)))
             .current_dir(&self.working_dir)
             .stdin(Stdio::null())
             .stdout(log)
