@@ -180,8 +180,10 @@
 //! tokens can be smaller than, or equal to, tokens already handed out, and a
 //! resource that remembers the largest token it accepted would refuse every
 //! holder until revisions catch up (or accept a duplicate). Restore with
-//! `--bump-revision N --mark-compacted`, N larger than the revisions issued
-//! since the snapshot, to keep tokens increasing.
+//! `--bump-revision N --mark-compacted` (etcd 3.5's `etcdutl`; etcd 3.4's
+//! `etcdctl` lacks it), N larger than the revisions issued since the
+//! snapshot, to keep tokens increasing. `tests/restore.rs` restores a
+//! snapshot with etcd 3.4 and shows the reissued token refused.
 //!
 //! # Errors
 //!

@@ -3,6 +3,8 @@
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
@@ -10,7 +12,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::process::{ServerProcess, wait_until};
+use super::process::{ServerProcess, run_command, wait_until};
 use super::{
     HarnessError, POLL_INTERVAL, SecretUrl, check_reachable, env_override, require_program,
     resolve_url, url_with_addr,
@@ -22,10 +24,12 @@ const URL_VAR: &str = "DLOCK_TEST_ETCD_URL";
 const CLUSTER_URLS_VAR: &str = "DLOCK_TEST_ETCD_CLUSTER_URLS";
 const DEFAULT_PORT: u16 = 2379;
 const INSTALL_HINT: &str = "the etcd-server package";
+const ETCDCTL_INSTALL_HINT: &str = "the etcd-client package";
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(3);
 const REACHABLE_TIMEOUT: Duration = Duration::from_secs(3);
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One etcd member: its client endpoint and, when the harness started it,
 /// its process.
@@ -34,6 +38,18 @@ struct EtcdMember {
     url: SecretUrl,
     addr: SocketAddr,
     process: Option<ServerProcess>,
+    /// How the member was bootstrapped, to restore a snapshot into it.
+    bootstrap: Option<Bootstrap>,
+}
+
+/// A harness-started member's identity in its cluster.
+#[derive(Debug, Clone)]
+struct Bootstrap {
+    name: String,
+    data_dir: PathBuf,
+    peer_url: String,
+    initial_cluster: String,
+    token: String,
 }
 
 impl EtcdMember {
@@ -42,6 +58,7 @@ impl EtcdMember {
             url: SecretUrl(url.to_owned()),
             addr: resolve_url(server, url, DEFAULT_PORT)?,
             process: None,
+            bootstrap: None,
         })
     }
 
@@ -112,14 +129,12 @@ impl Members {
         for (index, &client_port) in client_ports.iter().enumerate() {
             let name = format!("n{index}");
             let client_url = format!("http://127.0.0.1:{client_port}");
+            let data_dir = dir.path().join(format!("{name}.etcd"));
             let args: Vec<OsString> = [
                 "--name".to_owned(),
                 name.clone(),
                 "--data-dir".to_owned(),
-                dir.path()
-                    .join(format!("{name}.etcd"))
-                    .display()
-                    .to_string(),
+                data_dir.display().to_string(),
                 "--listen-client-urls".to_owned(),
                 client_url.clone(),
                 "--advertise-client-urls".to_owned(),
@@ -153,6 +168,13 @@ impl Members {
                 url: SecretUrl(client_url),
                 addr: SocketAddr::from(([127, 0, 0, 1], client_port)),
                 process: Some(process),
+                bootstrap: Some(Bootstrap {
+                    name,
+                    data_dir,
+                    peer_url: peer_url(index),
+                    initial_cluster: initial_cluster.clone(),
+                    token: token.clone(),
+                }),
             });
         }
         let mut started = Members {
@@ -480,6 +502,73 @@ impl EtcdServer {
     /// [`HarnessError::Unsupported`] for an external server;
     /// [`HarnessError::StartFailed`] if it does not come back.
     pub async fn restart(&mut self) -> Result<(), HarnessError> {
+        self.members.restart(0).await
+    }
+
+    /// Saves a snapshot of the server's data to `path` (`etcdctl snapshot
+    /// save`), as a backup would.
+    ///
+    /// # Errors
+    ///
+    /// [`HarnessError::Unavailable`] if `etcdctl` is not installed;
+    /// [`HarnessError::CommandFailed`] if it fails.
+    pub async fn save_snapshot(&self, path: &Path) -> Result<(), HarnessError> {
+        let etcdctl = require_program(SERVER, "etcdctl", ETCDCTL_INSTALL_HINT)?;
+        let mut command = Command::new(etcdctl);
+        command
+            .env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(self.url())
+            .args(["snapshot", "save"])
+            .arg(path);
+        run_command(SERVER, command, SNAPSHOT_TIMEOUT).await?;
+        Ok(())
+    }
+
+    /// Replaces the server's data with `snapshot` the way an operator
+    /// restores a backup: stops it, `etcdctl snapshot restore` into its data
+    /// directory (same name, peer URL and cluster token), starts it and
+    /// waits until it is healthy.
+    ///
+    /// # Errors
+    ///
+    /// [`HarnessError::Unsupported`] for an external server;
+    /// [`HarnessError::Unavailable`] if `etcdctl` is not installed;
+    /// [`HarnessError::CommandFailed`] if the restore fails;
+    /// [`HarnessError::StartFailed`] if the server does not come back.
+    pub async fn restore_snapshot(&mut self, snapshot: &Path) -> Result<(), HarnessError> {
+        let etcdctl = require_program(SERVER, "etcdctl", ETCDCTL_INSTALL_HINT)?;
+        let member = self.members.member(0)?;
+        let bootstrap = member
+            .bootstrap
+            .clone()
+            .ok_or_else(|| HarnessError::unsupported(SERVER, "restore a snapshot"))?;
+        member.process(SERVER, "restore a snapshot")?.kill();
+        std::fs::remove_dir_all(&bootstrap.data_dir).map_err(|error| {
+            HarnessError::io(
+                SERVER,
+                format!("removing {}", bootstrap.data_dir.display()),
+                error,
+            )
+        })?;
+        let mut command = Command::new(etcdctl);
+        command
+            .env("ETCDCTL_API", "3")
+            .args(["snapshot", "restore"])
+            .arg(snapshot)
+            .arg("--data-dir")
+            .arg(&bootstrap.data_dir)
+            .args([
+                "--name",
+                &bootstrap.name,
+                "--initial-cluster",
+                &bootstrap.initial_cluster,
+                "--initial-advertise-peer-urls",
+                &bootstrap.peer_url,
+                "--initial-cluster-token",
+                &bootstrap.token,
+            ]);
+        run_command(SERVER, command, SNAPSHOT_TIMEOUT).await?;
         self.members.restart(0).await
     }
 
