@@ -33,15 +33,9 @@ async fn bounded(test: impl Future<Output = ()>) {
 /// printed reason when the server is unavailable and not required.
 macro_rules! start_or_skip {
     ($start:expr) => {
-        match $start.await {
-            Ok(server) => server,
-            Err(error) => match error.skip_reason() {
-                Some(reason) => {
-                    eprintln!("skipped: {reason}");
-                    return;
-                }
-                None => panic!("{error}"),
-            },
+        match conformance_tests::harness::or_skip($start.await) {
+            Some(server) => server,
+            None => return,
         }
     };
 }

@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use conformance_tests::harness::{FakeClock, or_skip};
+
 /// A scratch directory with its own default lock file.
 struct Scratch {
     dir: tempfile::TempDir,
@@ -269,15 +271,8 @@ fn a_host_clock_stepped_forward_ends_the_sqlite_lease_and_the_command_is_told() 
     let scratch = Scratch::new();
     // Every dlock here follows one fake wall clock: stepping it is a step of
     // the host's clock, which SQLite's expiry follows.
-    let mut clock = match conformance_tests::harness::FakeClock::new(scratch.dir.path()) {
-        Ok(clock) => clock,
-        Err(error) => match error.skip_reason() {
-            Some(reason) => {
-                eprintln!("skipped: {reason}");
-                return;
-            }
-            None => panic!("{error}"),
-        },
+    let Some(mut clock) = or_skip(FakeClock::new(scratch.dir.path())) else {
+        return;
     };
     let marker = scratch.path("got-term");
     let ready = scratch.path("trap-set");
@@ -389,12 +384,8 @@ mod redis {
     #[test]
     fn runs_take_turns_on_redis_and_an_unreachable_one_exits_69() {
         let runtime = tokio::runtime::Runtime::new().unwrap();
-        let server = match runtime.block_on(RedisServer::start()) {
-            Ok(server) => server,
-            Err(error) => match error.skip_reason() {
-                Some(reason) => return eprintln!("skipped: {reason}"),
-                None => panic!("{error}"),
-            },
+        let Some(server) = or_skip(runtime.block_on(RedisServer::start())) else {
+            return;
         };
         runs_take_turns(Some(server.url()));
         let scratch = Scratch::new();
@@ -419,12 +410,8 @@ mod etcd {
     #[test]
     fn runs_take_turns_on_etcd() {
         let runtime = tokio::runtime::Runtime::new().unwrap();
-        let server = match runtime.block_on(EtcdServer::start()) {
-            Ok(server) => server,
-            Err(error) => match error.skip_reason() {
-                Some(reason) => return eprintln!("skipped: {reason}"),
-                None => panic!("{error}"),
-            },
+        let Some(server) = or_skip(runtime.block_on(EtcdServer::start())) else {
+            return;
         };
         let hosts: Vec<String> = server
             .endpoints()
@@ -459,18 +446,7 @@ mod postgres {
     #[test]
     fn a_lost_lock_kills_the_command() {
         let runtime = tokio::runtime::Runtime::new().unwrap();
-        let Some(server) = runtime.block_on(async {
-            match shared_postgres().await {
-                Ok(server) => Some(server),
-                Err(error) => match error.skip_reason() {
-                    Some(reason) => {
-                        eprintln!("skipped: {reason}");
-                        None
-                    }
-                    None => panic!("{error}"),
-                },
-            }
-        }) else {
+        let Some(server) = or_skip(runtime.block_on(shared_postgres())) else {
             return;
         };
         let proxy = runtime.block_on(FaultProxy::start(server.addr())).unwrap();

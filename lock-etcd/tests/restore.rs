@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use conformance_tests::harness::EtcdServer;
+use conformance_tests::harness::{EtcdServer, or_skip};
 use conformance_tests::register::FencedRegister;
 use conformance_tests::{locker_options, unique_key};
 use lock_core::{LeaseLocker, LeaseStore, Locker};
@@ -23,15 +23,8 @@ async fn locker(url: &str, owner: &str) -> LeaseLocker<EtcdStore> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restored_snapshot_reissues_tokens_and_a_fenced_resource_refuses_them() {
-    let mut server = match EtcdServer::start().await {
-        Ok(server) => server,
-        Err(error) => match error.skip_reason() {
-            Some(reason) => {
-                eprintln!("skipped: {reason}");
-                return;
-            }
-            None => panic!("{error}"),
-        },
+    let Some(mut server) = or_skip(EtcdServer::start().await) else {
+        return;
     };
     if server.is_external() {
         eprintln!("skipped: an external server cannot be restored");

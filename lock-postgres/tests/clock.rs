@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use conformance_tests::harness::PostgresServer;
+use conformance_tests::harness::{PostgresServer, or_skip};
 use conformance_tests::register::FencedRegister;
 use conformance_tests::unique_key;
 use lock_core::{
@@ -14,23 +14,6 @@ use lock_core::{
 };
 use lock_postgres::PostgresStore;
 use tokio::time::{Instant, timeout};
-
-/// Skips (with the reason) when PostgreSQL or libfaketime is missing and
-/// not required.
-macro_rules! server_or_skip {
-    ($start:expr) => {
-        match $start.await {
-            Ok(server) => server,
-            Err(error) => match error.skip_reason() {
-                Some(reason) => {
-                    eprintln!("skipped: {reason}");
-                    return;
-                }
-                None => panic!("{error}"),
-            },
-        }
-    };
-}
 
 async fn client(url: &str) -> PostgresStore {
     PostgresStore::builder()
@@ -53,7 +36,9 @@ fn options(owner: &str) -> LockerOptions {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clock_stepped_forward_ends_the_lease_early_and_fencing_refuses_the_old_holder() {
-    let mut server = server_or_skip!(PostgresServer::start_local_with_clock());
+    let Some(mut server) = or_skip(PostgresServer::start_local_with_clock().await) else {
+        return;
+    };
     let alice = LeaseLocker::new(client(server.url()).await, options("alice")).unwrap();
     let bob = LeaseLocker::new(client(server.url()).await, options("bob")).unwrap();
     let id = unique_key("clock_forward");
@@ -96,7 +81,9 @@ async fn a_clock_stepped_forward_ends_the_lease_early_and_fencing_refuses_the_ol
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clock_stepped_back_keeps_the_holder_exclusive_and_a_dead_holders_lock_taken_longer() {
-    let mut server = server_or_skip!(PostgresServer::start_local_with_clock());
+    let Some(mut server) = or_skip(PostgresServer::start_local_with_clock().await) else {
+        return;
+    };
     let store = client(server.url()).await;
     let alice = LeaseLocker::new(store.clone(), options("alice")).unwrap();
     let bob = LeaseLocker::new(client(server.url()).await, options("bob")).unwrap();

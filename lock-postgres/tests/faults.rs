@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use conformance_tests::fault_proxy::{FaultMode, FaultProxy};
-use conformance_tests::harness::{PostgresServer, shared_postgres};
+use conformance_tests::harness::{PostgresServer, or_skip, shared_postgres};
 use conformance_tests::history::{CheckOptions, EventKind, History};
 use conformance_tests::register::FencedRegister;
 use conformance_tests::{eventually, holder_of, unique_key};
@@ -15,22 +15,6 @@ use lock_core::{
 };
 use lock_postgres::PostgresStore;
 use tokio::time::Instant;
-
-/// Skips (with the reason) when PostgreSQL is missing and not required.
-macro_rules! server_or_skip {
-    ($start:expr) => {
-        match $start.await {
-            Ok(server) => server,
-            Err(error) => match error.skip_reason() {
-                Some(reason) => {
-                    eprintln!("skipped: {reason}");
-                    return;
-                }
-                None => panic!("{error}"),
-            },
-        }
-    };
-}
 
 async fn client(url: &str) -> PostgresStore {
     PostgresStore::builder()
@@ -54,7 +38,9 @@ fn options(owner: &str) -> LockerOptions {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_black_holed_holder_warns_then_expires_before_the_server_and_is_taken_over() {
-    let server = server_or_skip!(shared_postgres());
+    let Some(server) = or_skip(shared_postgres().await) else {
+        return;
+    };
     let proxy = FaultProxy::start(server.addr()).await.unwrap();
     let alice = LeaseLocker::new(
         client(&server.url_via(proxy.listen_addr())).await,
@@ -86,7 +72,9 @@ async fn a_black_holed_holder_warns_then_expires_before_the_server_and_is_taken_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reset_during_acquire_leaves_no_renewed_lease() {
-    let server = server_or_skip!(shared_postgres());
+    let Some(server) = or_skip(shared_postgres().await) else {
+        return;
+    };
     let proxy = FaultProxy::start(server.addr()).await.unwrap();
     // One connection, with the acquire statement already prepared on it,
     // so the attempt below is a single request.
@@ -136,7 +124,9 @@ async fn a_reset_during_acquire_leaves_no_renewed_lease() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_restart_keeps_holders_exclusive_and_tokens_increasing() {
-    let mut server = server_or_skip!(PostgresServer::start_local());
+    let Some(mut server) = or_skip(PostgresServer::start_local().await) else {
+        return;
+    };
     let history = Arc::new(History::new());
     let register = Arc::new(FencedRegister::new());
     let id = unique_key("restart");
@@ -205,7 +195,9 @@ async fn a_server_restart_keeps_holders_exclusive_and_tokens_increasing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiters_get_the_lock_when_the_listen_connection_is_killed() {
-    let server = server_or_skip!(shared_postgres());
+    let Some(server) = or_skip(shared_postgres().await) else {
+        return;
+    };
     let alice = LeaseLocker::new(client(server.url()).await, options("alice")).unwrap();
     let waiting_store = client(server.url()).await;
     let bob = LeaseLocker::new(waiting_store.clone(), options("bob")).unwrap();
@@ -248,7 +240,9 @@ async fn waiters_get_the_lock_when_the_listen_connection_is_killed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_table_names_are_refused_before_any_sql() {
-    let server = server_or_skip!(shared_postgres());
+    let Some(server) = or_skip(shared_postgres().await) else {
+        return;
+    };
     for table in [
         "locks; DROP TABLE users; --",
         "\"locks\"",
@@ -282,7 +276,9 @@ async fn hostile_table_names_are_refused_before_any_sql() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_in_a_lock_row_is_a_clear_error() {
-    let server = server_or_skip!(shared_postgres());
+    let Some(server) = or_skip(shared_postgres().await) else {
+        return;
+    };
     let store = client(server.url()).await;
     let locker = LeaseLocker::new(store.clone(), options("alice")).unwrap();
     let id = unique_key("garbage");
@@ -314,7 +310,9 @@ async fn garbage_in_a_lock_row_is_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_serializable_default_does_not_break_contended_acquires() {
-    let server = server_or_skip!(PostgresServer::start());
+    let Some(server) = or_skip(PostgresServer::start().await) else {
+        return;
+    };
     server
         .psql(&format!(
             "ALTER DATABASE \"{}\" SET default_transaction_isolation = 'serializable'",

@@ -50,7 +50,7 @@ pub use ports::{pick_free_port, pick_free_ports};
 pub use postgres::PostgresServer;
 pub use redis::{RedisCluster, RedisReply, RedisServer, redis_command};
 pub use shared::{
-    shared_etcd, shared_etcd_cluster, shared_postgres, shared_redis, shared_redis_cluster,
+    or_skip, shared_etcd, shared_etcd_cluster, shared_postgres, shared_redis, shared_redis_cluster,
     skip_unless_available,
 };
 

@@ -64,6 +64,36 @@ pub async fn shared_postgres() -> Result<&'static PostgresServer, HarnessError> 
     POSTGRES.get_or_try_init(PostgresServer::start).await
 }
 
+/// The server a test asked for, or `None` after printing why the test
+/// skips (the server is missing and the run does not require it).
+///
+/// ```no_run
+/// # async fn test() {
+/// use conformance_tests::harness::{PostgresServer, or_skip};
+///
+/// let Some(server) = or_skip(PostgresServer::start_local().await) else {
+///     return;
+/// };
+/// # }
+/// ```
+///
+/// # Panics
+///
+/// When the server is missing and the run requires every server
+/// (`DLOCK_TEST_REQUIRE=1`), or when it was found but failed to start.
+pub fn or_skip<T>(started: Result<T, HarnessError>) -> Option<T> {
+    match started {
+        Ok(server) => Some(server),
+        Err(error) => match error.skip_reason() {
+            Some(reason) => {
+                eprintln!("skipped: {reason}");
+                None
+            }
+            None => panic!("{error}"),
+        },
+    }
+}
+
 /// Starts (or finds) a server for a test and says whether to skip: `None`
 /// when the server is there, the reason when it is missing and the run
 /// does not require it.

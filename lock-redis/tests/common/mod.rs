@@ -35,15 +35,9 @@ pub fn cluster_url(cluster: &RedisCluster) -> String {
 #[macro_export]
 macro_rules! start_or_skip {
     ($start:expr) => {
-        match $start.await {
-            Ok(server) => server,
-            Err(error) => match error.skip_reason() {
-                Some(reason) => {
-                    eprintln!("skipped: {reason}");
-                    return;
-                }
-                None => panic!("{error}"),
-            },
+        match conformance_tests::harness::or_skip($start.await) {
+            Some(server) => server,
+            None => return,
         }
     };
 }
