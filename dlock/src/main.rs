@@ -425,7 +425,10 @@ async fn supervise(
     let mut kill_at: Option<Instant> = None;
     let mut killed = false;
     loop {
+        // In order: a lock lost without warning time reports Expiring and
+        // Lost at once, and the expiring message should come first.
         tokio::select! {
+            biased;
             status = child.wait() => return status,
             signal = signals.recv() => send(signal),
             _ = guard.expiring(), if !warned => {

@@ -200,13 +200,7 @@ fn sigterm_to_dlock_reaches_the_command_and_releases_the_lock() {
     let scratch = Scratch::new();
     let marker = scratch.path("got-term");
     let ready = scratch.path("trap-set");
-    // The command says when its trap is set: a TERM before that would end
-    // the shell by default, which is not what this test is about.
-    let script = format!(
-        "trap 'echo term > {}; exit 3' TERM; touch {}; while :; do sleep 0.05; done",
-        marker.display(),
-        ready.display()
-    );
+    let script = term_trapping_script(&marker, &ready);
     let mut run = scratch
         .dlock()
         .args(["run", "service", "--", "sh", "-c", &script])
@@ -276,11 +270,7 @@ fn a_host_clock_stepped_forward_ends_the_sqlite_lease_and_the_command_is_told() 
     };
     let marker = scratch.path("got-term");
     let ready = scratch.path("trap-set");
-    let script = format!(
-        "trap 'echo term > {}; exit 3' TERM; touch {}; while :; do sleep 0.05; done",
-        marker.display(),
-        ready.display()
-    );
+    let script = term_trapping_script(&marker, &ready);
     let mut holder = scratch
         .dlock()
         .envs(clock.environment())
@@ -314,6 +304,17 @@ fn a_host_clock_stepped_forward_ends_the_sqlite_lease_and_the_command_is_told() 
     let mut message = String::new();
     std::io::Read::read_to_string(&mut holder.stderr.take().unwrap(), &mut message).unwrap();
     assert!(message.contains("is expiring"), "{message}");
+}
+
+/// A shell script that runs until SIGTERM, then writes "term" to `marker`
+/// and exits 3. It creates `ready` once its trap is set: a TERM before that
+/// would end the shell by default.
+fn term_trapping_script(marker: &Path, ready: &Path) -> String {
+    format!(
+        "trap 'echo term > {}; exit 3' TERM; touch {}; while :; do sleep 0.05; done",
+        marker.display(),
+        ready.display()
+    )
 }
 
 /// SIGTERM to a child process.
