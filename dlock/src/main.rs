@@ -212,6 +212,10 @@ async fn run_inner(args: RunArgs) -> Result<u8, u8> {
     let guard = tokio::select! {
         guard = acquire(&*locker, &args.id, args.wait) => guard,
         signal = signals.recv() => {
+            if std::io::stderr().is_terminal() {
+                // Clears the waiting line.
+                eprint!("\r\x1b[K");
+            }
             // The cancelled attempt releases whatever it was granted; close
             // waits for that release.
             let _ = locker.close().await;
