@@ -1,7 +1,8 @@
 //! redis-server killed and restarted without persistence while locks are
 //! held and waiters wait: every lock and counter is gone, yet tokens issued
 //! afterwards are larger than every token issued before, holders learn of
-//! the loss at their next renewal, and waiters get the locks.
+//! the loss at their next renewal, and waiters get the locks. And the script
+//! cache emptied (as a restart or failover empties it) under held locks.
 
 mod common;
 
@@ -120,6 +121,47 @@ async fn tokens_keep_increasing_and_holders_learn_of_the_loss_after_a_restart() 
         }
         alice.close().await.unwrap();
         bob.close().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emptied_script_cache_is_reloaded_by_renewals_acquisitions_and_releases() {
+    bounded(async {
+        let server = start_or_skip!(RedisServer::start());
+        let flush = || async {
+            let reply = server.command(&["SCRIPT", "FLUSH"]).await.unwrap();
+            assert_eq!(reply, RedisReply::Simple("OK".to_owned()));
+        };
+        let alice = locker(server.url(), "alice").await;
+        let bob = locker(server.url(), "bob").await;
+        let id = unique_key("noscript");
+        let guard = alice.try_lock(&id).await.unwrap();
+        let first = token(&guard);
+
+        // Renewals: the lock outlives its first deadline.
+        flush().await;
+        let first_deadline = guard.valid_until().unwrap();
+        tokio::time::sleep_until(first_deadline + LEASE / 3).await;
+        assert_eq!(*guard.status().borrow(), LockStatus::Held);
+        assert!(guard.valid_until().unwrap() > first_deadline);
+
+        // An acquisition that finds the lock held.
+        flush().await;
+        match bob.try_lock(&id).await {
+            Err(lock_core::LockError::Taken { holder, .. }) => {
+                assert_eq!(holder.as_deref(), Some("alice"));
+            }
+            other => panic!("expected Taken, got {other:?}"),
+        }
+
+        // A release, then a grant.
+        flush().await;
+        guard.unlock().await.unwrap();
+        flush().await;
+        let next = bob.try_lock(&id).await.expect("free once released");
+        assert!(token(&next) > first);
+        next.unlock().await.unwrap();
     })
     .await;
 }
