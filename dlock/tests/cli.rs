@@ -265,7 +265,7 @@ fn a_host_clock_stepped_forward_ends_the_sqlite_lease_and_the_command_is_told() 
     let scratch = Scratch::new();
     // Every dlock here follows one fake wall clock: stepping it is a step of
     // the host's clock, which SQLite's expiry follows.
-    let Some(mut clock) = or_skip(FakeClock::new(scratch.dir.path())) else {
+    let Some(clock) = or_skip(FakeClock::new(scratch.dir.path())) else {
         return;
     };
     let marker = scratch.path("got-term");

@@ -21,9 +21,11 @@
 //! its next renewal, and fencing tokens keep the two apart), a step back
 //! makes a dead holder's lock stay taken longer by the step. Run the server
 //! with a slewing clock (NTP/chrony slew mode) where that matters; the tests
-//! in `tests/clock.rs` step a server's clock both ways. Statements run under READ COMMITTED,
-//! where the single-statement upsert is a safe compare-and-set; pools the
-//! store makes pin that level at connect time (`default_transaction_isolation`).
+//! in `tests/faults.rs` step a server's clock both ways.
+//!
+//! Statements run under READ COMMITTED, where the single-statement upsert
+//! is a safe compare-and-set; pools the store makes pin that level at
+//! connect time (`default_transaction_isolation`).
 //! A pool passed in with [`PostgresStoreBuilder::build_with_pool`] must not
 //! default to REPEATABLE READ or SERIALIZABLE, or contended acquisitions
 //! fail with serialization errors.

@@ -12,10 +12,9 @@ use common::bounded;
 use conformance_tests::fault_proxy::{FaultMode, FaultProxy};
 use conformance_tests::harness::{RedisReply, RedisServer};
 use conformance_tests::register::FencedRegister;
-use conformance_tests::unique_key;
+use conformance_tests::{eventually, unique_key};
 use lock_core::{FencingToken, LeaseLocker, LockGuard, LockStatus, Locker, LockerOptions};
 use lock_redis::RedisStore;
-use tokio::time::Instant;
 
 async fn locker(url: &str, owner: &str) -> LeaseLocker<RedisStore> {
     let store = RedisStore::connect(url).await.unwrap();
@@ -29,24 +28,6 @@ async fn locker(url: &str, owner: &str) -> LeaseLocker<RedisStore> {
 
 fn token(guard: &LockGuard) -> FencingToken {
     guard.fencing_token().cloned().expect("fencing is on")
-}
-
-/// Polls `server` with `args` until the reply's text satisfies `done`.
-async fn wait_for_reply(
-    server: &RedisServer,
-    args: &[&str],
-    what: &str,
-    done: impl Fn(&str) -> bool,
-) {
-    let give_up = Instant::now() + Duration::from_secs(10);
-    loop {
-        let reply = server.command(args).await.unwrap();
-        if reply.as_text().is_some_and(|text| done(&text)) {
-            return;
-        }
-        assert!(Instant::now() < give_up, "{what}: last reply {reply:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,12 +52,11 @@ async fn a_promoted_replica_that_missed_a_grant_grants_again_with_a_larger_token
             .await
             .unwrap();
         assert_eq!(reply, RedisReply::Simple("OK".to_owned()));
-        wait_for_reply(
-            &replica,
-            &["INFO", "replication"],
-            "the replica did not sync",
-            |info| info.contains("master_link_status:up"),
-        )
+        eventually(Duration::from_secs(10), "the replica syncs", || async {
+            let info = replica.command(&["INFO", "replication"]).await.unwrap();
+            info.as_text()
+                .is_some_and(|info| info.contains("master_link_status:up"))
+        })
         .await;
 
         let alice = locker(master.url(), "alice").await;
@@ -86,11 +66,13 @@ async fn a_promoted_replica_that_missed_a_grant_grants_again_with_a_larger_token
         let earlier = alice.try_lock(&id).await.unwrap();
         let earlier_token = token(&earlier);
         earlier.unlock().await.unwrap();
-        wait_for_reply(
-            &replica,
-            &["HGET", &fence, "token"],
-            "the counter did not replicate",
-            |replicated| replicated == earlier_token.to_string(),
+        eventually(
+            Duration::from_secs(10),
+            "the counter replicates",
+            || async {
+                let replicated = replica.command(&["HGET", &fence, "token"]).await.unwrap();
+                replicated.as_text() == Some(earlier_token.to_string())
+            },
         )
         .await;
 

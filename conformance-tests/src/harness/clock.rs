@@ -26,7 +26,6 @@ pub struct FakeClock {
     server: &'static str,
     library: PathBuf,
     offset_file: PathBuf,
-    offset_secs: i64,
 }
 
 impl FakeClock {
@@ -46,7 +45,6 @@ impl FakeClock {
             server,
             library: find_library(server)?,
             offset_file: dir.join(OFFSET_FILE),
-            offset_secs: 0,
         };
         clock.write(0)?;
         Ok(clock)
@@ -71,15 +69,8 @@ impl FakeClock {
     /// # Errors
     ///
     /// [`HarnessError::Io`] if the offset file cannot be written.
-    pub fn set_offset(&mut self, offset_secs: i64) -> Result<(), HarnessError> {
-        self.write(offset_secs)?;
-        self.offset_secs = offset_secs;
-        Ok(())
-    }
-
-    /// The offset last set, in seconds.
-    pub fn offset_secs(&self) -> i64 {
-        self.offset_secs
+    pub fn set_offset(&self, offset_secs: i64) -> Result<(), HarnessError> {
+        self.write(offset_secs)
     }
 
     /// Writes the offset to a new file and renames it into place, so no

@@ -361,9 +361,9 @@ impl PostgresServer {
     ///
     /// [`HarnessError::InvalidRequest`] unless the server was started with
     /// [`start_local_with_clock`](Self::start_local_with_clock).
-    pub fn clock(&mut self) -> Result<&mut FakeClock, HarnessError> {
+    pub fn clock(&self) -> Result<&FakeClock, HarnessError> {
         self.clock
-            .as_mut()
+            .as_ref()
             .ok_or_else(|| HarnessError::InvalidRequest {
                 server: SERVER,
                 detail: "the server was not started with a clock of its own".to_owned(),

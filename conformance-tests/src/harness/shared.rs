@@ -82,16 +82,10 @@ pub async fn shared_postgres() -> Result<&'static PostgresServer, HarnessError> 
 /// When the server is missing and the run requires every server
 /// (`DLOCK_TEST_REQUIRE=1`), or when it was found but failed to start.
 pub fn or_skip<T>(started: Result<T, HarnessError>) -> Option<T> {
-    match started {
-        Ok(server) => Some(server),
-        Err(error) => match error.skip_reason() {
-            Some(reason) => {
-                eprintln!("skipped: {reason}");
-                None
-            }
-            None => panic!("{error}"),
-        },
-    }
+    started
+        .map_err(skip_reason_or_panic)
+        .inspect_err(|reason| eprintln!("skipped: {reason}"))
+        .ok()
 }
 
 /// Starts (or finds) a server for a test and says whether to skip: `None`
@@ -105,11 +99,9 @@ pub fn or_skip<T>(started: Result<T, HarnessError>) -> Option<T> {
 pub async fn skip_unless_available<T>(
     start: impl Future<Output = Result<T, HarnessError>>,
 ) -> Option<String> {
-    match start.await {
-        Ok(_) => None,
-        Err(error) => match error.skip_reason() {
-            Some(reason) => Some(reason),
-            None => panic!("{error}"),
-        },
-    }
+    start.await.err().map(skip_reason_or_panic)
+}
+
+fn skip_reason_or_panic(error: HarnessError) -> String {
+    error.skip_reason().unwrap_or_else(|| panic!("{error}"))
 }
