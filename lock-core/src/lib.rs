@@ -118,7 +118,11 @@ mod scheduler;
 mod state;
 mod store;
 mod token;
+pub mod url;
 
+/// The attribute that implements [`LeaseStore`] (and the other async
+/// traits): a store needs no dependency beyond this crate.
+pub use async_trait::async_trait;
 pub use error::{LockError, StoreError, StoreErrorKind};
 pub use guard::{Lock, LockGuard, Warnings};
 pub use lease::{
