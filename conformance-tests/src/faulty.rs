@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
+use lock_core::async_trait;
 use lock_core::{
     AcquireOutcome, AcquireRequest, Capabilities, Fencing, LeaseId, LeaseInfo, LeaseStore,
     ReleaseOutcome, RenewEntry, RenewOutcome, StoreError,

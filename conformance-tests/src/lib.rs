@@ -9,12 +9,18 @@
 //!   single test;
 //! - [`history`]: the history checker, and [`register`]: the fenced register
 //!   the contention race writes through;
-//! - [`harness`]: throwaway redis-server, Redis Cluster, etcd (single and
-//!   cluster) and PostgreSQL instances on free loopback ports;
+//! - `harness` (feature `harness`): throwaway redis-server, Redis Cluster,
+//!   etcd (single and cluster) and PostgreSQL instances on free loopback
+//!   ports;
 //! - [`faulty::FaultyStore`]: a store wrapper that fails calls, loses
 //!   notifications and counts round trips, switchable at run time;
-//! - [`fault_proxy`]: a TCP proxy that black-holes, resets, delays or cuts
-//!   one direction at run time.
+//! - `fault_proxy` (feature `harness`): a TCP proxy that black-holes,
+//!   resets, delays or cuts one direction at run time.
+//!
+//! A third-party store depends on `lock-core` and this crate without
+//! features: the cases need nothing else (`lock_core::async_trait`
+//! implements the trait). The `harness` feature adds the servers and the
+//! proxy this workspace's own backend tests use.
 //!
 //! # Running the suite against a store
 //!
@@ -30,8 +36,10 @@
 #![forbid(unsafe_code)]
 
 pub mod cases;
+#[cfg(feature = "harness")]
 pub mod fault_proxy;
 pub mod faulty;
+#[cfg(feature = "harness")]
 pub mod harness;
 pub mod history;
 pub mod register;

@@ -54,7 +54,7 @@ pub async fn skip_reason<F: StoreFactory>(factory: &F, requirement: Requirement)
 /// With `skip_if = FUTURE` (a future giving `Option<String>`, awaited
 /// before each test), a test prints the reason and passes when it gives
 /// `Some`: use it for servers that may be missing, with
-/// [`harness::skip_unless_available`](crate::harness::skip_unless_available).
+/// `harness::skip_unless_available` (feature `harness`).
 ///
 /// # Examples
 ///
@@ -109,6 +109,16 @@ macro_rules! __case_tests {
             }
         )*
     };
+}
+
+/// The whole message of a panic: an `assert_eq!` keeps its left and right
+/// values.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "panicked with a value that is not a message".into())
 }
 
 /// What [`run_all`] did.
@@ -176,11 +186,7 @@ pub async fn run_all<F: StoreFactory>(factory: F) -> Summary {
             Ok(()) => summary.passed.push(name),
             Err(error) => {
                 let why = match error.try_into_panic() {
-                    Ok(panic) => panic
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                        .unwrap_or_else(|| "panicked".into()),
+                    Ok(panic) => panic_text(&*panic),
                     Err(error) => error.to_string(),
                 };
                 summary.failed.push((name, why));
@@ -188,4 +194,25 @@ pub async fn run_all<F: StoreFactory>(factory: F) -> Summary {
         }
     }
     summary
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failed_case_keeps_its_whole_assertion_text() {
+        let failed = tokio::spawn(async {
+            let held = 2;
+            assert_eq!(held, 1, "holders of {:?}", "key");
+        })
+        .await
+        .unwrap_err()
+        .try_into_panic()
+        .unwrap();
+        let text = panic_text(&*failed);
+        assert!(text.contains("holders of \"key\""), "{text}");
+        assert!(text.contains("left: 2"), "{text}");
+        assert!(text.contains("right: 1"), "{text}");
+    }
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
+use lock_core::async_trait;
 use lock_core::{
     AcquireOutcome, AcquireRequest, Capabilities, Fencing, LeaseId, LeaseInfo, LeaseStore,
     MemoryStore, ReleaseOutcome, RenewEntry, RenewOutcome, StoreError,

@@ -50,6 +50,12 @@ pub trait Lock: Send + Sync {
     ///
     /// [`LockError::Store`] when the store failed; the lock counts as
     /// released anyway and the lease is released again in the background.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: the lock counts as released from the first poll, and a
+    /// release the store has not answered when the future is dropped is
+    /// finished in the background.
     async fn unlock(&self) -> Result<(), LockError>;
 
     /// The fencing token of this grant, when fencing is enabled.

@@ -106,6 +106,7 @@
 //! `dlock_store_seconds{op}`.
 #![forbid(unsafe_code)]
 
+mod calls;
 mod clock;
 mod error;
 mod guard;
@@ -114,6 +115,7 @@ mod locker;
 mod memory;
 mod observe;
 mod options;
+mod registry;
 mod scheduler;
 mod state;
 mod store;

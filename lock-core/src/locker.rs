@@ -1,7 +1,7 @@
 //! The users' trait and the generic locker every store shares.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -10,9 +10,11 @@ use futures_util::future::BoxFuture;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use crate::calls::Calls;
 use crate::clock::Clock;
 use crate::guard::Link;
 use crate::observe;
+use crate::registry::Registry;
 use crate::scheduler::{self, Command, SchedulerHandle};
 use crate::state::{LockIdentity, LockState, SharedState};
 use crate::{
@@ -70,6 +72,10 @@ pub trait Locker: Send + Sync {
     ///
     /// [`LockError::InvalidId`], or [`LockError::Store`] when the store
     /// failed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: it only reads.
     async fn inspect(&self, id: &str) -> Result<Option<LeaseInfo>, LockError>;
 
     /// Stops new acquisitions, releases every held lock concurrently (each
@@ -148,13 +154,14 @@ impl<S: LeaseStore> fmt::Debug for LeaseLocker<S> {
 }
 
 struct Core<S: LeaseStore> {
-    store: Arc<S>,
+    /// Every store call goes through here.
+    calls: Calls<S>,
     options: Arc<LockerOptions>,
     capabilities: Capabilities,
     clock: Clock,
     closed: AtomicBool,
     serials: AtomicU64,
-    tracked: Arc<AtomicUsize>,
+    registry: Arc<Registry>,
     scheduler: OnceLock<SchedulerHandle>,
 }
 
@@ -182,13 +189,13 @@ impl<S: LeaseStore> LeaseLocker<S> {
         let clock = Clock::new(options.boot_clock.clone());
         Ok(Self {
             core: Arc::new(Core {
-                store,
+                calls: Calls::new(store, options.store_timeout()),
                 options: Arc::new(options),
                 capabilities,
                 clock,
                 closed: AtomicBool::new(false),
                 serials: AtomicU64::new(0),
-                tracked: Arc::new(AtomicUsize::new(0)),
+                registry: Arc::new(Registry::new()),
                 scheduler: OnceLock::new(),
             }),
         })
@@ -196,7 +203,7 @@ impl<S: LeaseStore> LeaseLocker<S> {
 
     /// The store.
     pub fn store(&self) -> &S {
-        &self.core.store
+        self.core.calls.store()
     }
 
     /// The store's capabilities, as read when the locker was made.
@@ -204,11 +211,10 @@ impl<S: LeaseStore> LeaseLocker<S> {
         &self.core.capabilities
     }
 
-    /// How many locks the background task is renewing. A lock registers
-    /// with the task just after `try_lock` returns and leaves it just after
-    /// `unlock`, so the count can lag by a moment.
+    /// How many locks the background task is renewing: those granted and
+    /// not yet released, lost or expired.
     pub fn held_count(&self) -> usize {
-        self.core.tracked.load(Ordering::Relaxed)
+        self.core.registry.len()
     }
 
     /// Whether [`close`](Locker::close) was called.
@@ -228,11 +234,11 @@ impl<S: LeaseStore> Core<S> {
         Ok(self.scheduler.get_or_init(|| {
             scheduler::spawn(
                 &runtime,
-                self.store.clone(),
+                self.calls.clone(),
                 self.options.clone(),
                 self.clock.clone(),
                 self.capabilities.max_batch,
-                self.tracked.clone(),
+                self.registry.clone(),
             )
         }))
     }
@@ -255,13 +261,10 @@ impl<S: LeaseStore> Core<S> {
             tracing::warn!(key = %key, "no runtime to release a lease on; it ends with its ttl");
             return;
         };
-        let store = self.store.clone();
-        let timeout = self.options.store_timeout();
+        let calls = self.calls.clone();
         let fencing = self.options.fencing();
         runtime.spawn(async move {
-            if let Ok(Err(error)) =
-                tokio::time::timeout(timeout, store.release(&key, lease_id, fencing)).await
-            {
+            if let Err(error) = calls.release(&key, lease_id, fencing).await {
                 tracing::warn!(key = %key, %error, "background release failed; the lease ends with its ttl");
             }
         });
@@ -272,7 +275,8 @@ impl<S: LeaseStore> Core<S> {
         if self.closed.load(Ordering::Acquire) {
             return Err(LockError::Closed);
         }
-        let scheduler = self.scheduler()?;
+        // Starts the background task on this runtime before the first grant.
+        self.scheduler()?;
         let lease_id = LeaseId::random();
         let options = &self.options;
         let request = AcquireRequest::new(&key, options.owner(), lease_id, options.lease())
@@ -286,21 +290,11 @@ impl<S: LeaseStore> Core<S> {
             armed: true,
         };
         let sent = self.clock.now();
-        let outcome = match tokio::time::timeout(
-            options.store_timeout(),
-            self.store.acquire(request),
-        )
-        .await
-        {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(error)) => {
+        let outcome = match self.calls.acquire(request).await {
+            Ok(outcome) => outcome,
+            Err(error) => {
                 in_doubt.armed = error.is_ambiguous();
                 return Err(LockError::Store(error));
-            }
-            Err(_) => {
-                return Err(LockError::Store(
-                    StoreError::timeout("acquire timed out").with_key(&key),
-                ));
             }
         };
         let grant = match outcome {
@@ -323,7 +317,6 @@ impl<S: LeaseStore> Core<S> {
                 .with_key(&key),
             ));
         }
-        observe::count("dlock_acquire_total", "outcome", "acquired");
         if let Some(previous) = &grant.previous_owner {
             observe::count("dlock_takeover_total", "", "");
             tracing::info!(id, previous_owner = %previous, "took over an expired lease");
@@ -342,12 +335,7 @@ impl<S: LeaseStore> Core<S> {
                 StoreError::timeout("the grant arrived after its lease had run out").with_key(&key),
             ));
         }
-        if self.closed.load(Ordering::Acquire)
-            || scheduler
-                .commands
-                .send(Command::Register(state.clone()))
-                .is_err()
-        {
+        if self.closed.load(Ordering::Acquire) || !self.registry.insert(state.clone()) {
             return Err(LockError::Closed);
         }
         in_doubt.armed = false;
@@ -388,20 +376,11 @@ impl<S: LeaseStore> Link for Core<S> {
     }
 
     fn forget(&self, state: &SharedState) {
-        if let Some(handle) = self.scheduler.get() {
-            let _ = handle.commands.send(Command::Forget(state.clone()));
-        }
+        self.registry.remove(state.serial);
     }
 
     fn release_in_background(&self, state: &SharedState) {
-        if let Some(handle) = self.scheduler.get()
-            && handle
-                .commands
-                .send(Command::ReleaseLock(state.clone()))
-                .is_ok()
-        {
-            return;
-        }
+        self.registry.remove(state.serial);
         self.release_detached(state.key.clone(), state.lease_id);
     }
 
@@ -409,22 +388,10 @@ impl<S: LeaseStore> Link for Core<S> {
         &'a self,
         state: &'a LockState,
     ) -> BoxFuture<'a, Result<ReleaseOutcome, StoreError>> {
-        Box::pin(async move {
-            let start = Instant::now();
-            let result = match tokio::time::timeout(
-                self.options.store_timeout(),
-                self.store
-                    .release(&state.key, state.lease_id, self.options.fencing()),
-            )
-            .await
-            {
-                Ok(result) => result,
-                Err(_) => Err(StoreError::timeout("release timed out").with_key(&state.key)),
-            };
-            observe::store_latency("release", start.elapsed());
-            observe::count_release(&result);
-            result
-        })
+        Box::pin(
+            self.calls
+                .release(&state.key, state.lease_id, self.options.fencing()),
+        )
     }
 }
 
@@ -477,23 +444,18 @@ impl<S: LeaseStore> Locker for LeaseLocker<S> {
             }
             let wait = wait.min(give_up - now);
             // A store that overstays `max` must not stretch our deadline.
-            let _ = tokio::time::timeout(wait, self.core.store.wait_for_change(&key, wait)).await;
+            let _ = tokio::time::timeout(wait, self.core.calls.store().wait_for_change(&key, wait))
+                .await;
         }
     }
 
     async fn inspect(&self, id: &str) -> Result<Option<LeaseInfo>, LockError> {
         let key = self.core.options.key_for(id, &self.core.capabilities)?;
-        match tokio::time::timeout(
-            self.core.options.store_timeout(),
-            self.core.store.inspect(&key),
-        )
-        .await
-        {
-            Ok(result) => result.map_err(LockError::Store),
-            Err(_) => Err(LockError::Store(
-                StoreError::timeout("inspect timed out").with_key(&key),
-            )),
-        }
+        self.core
+            .calls
+            .inspect(&key)
+            .await
+            .map_err(LockError::Store)
     }
 
     async fn close(&self) -> Result<(), LockError> {

@@ -9,9 +9,15 @@
 //! | `dlock_lost_total` | counter | `reason`: deadline, store |
 //! | `dlock_warnings_total` | counter | |
 //! | `dlock_release_total` | counter | `outcome`: released, not_held, error |
-//! | `dlock_store_seconds` | histogram | `op`: acquire, renew, release |
+//! | `dlock_inspect_total` | counter | `outcome`: ok, error |
+//! | `dlock_store_seconds` | histogram | `op`: acquire, renew, release, inspect |
+//!
+//! Every store call is counted and timed in one place,
+//! [`store_call`], called by the locker's one store-call path.
 
 use std::time::Duration;
+
+use crate::calls::Op;
 
 #[cfg(feature = "metrics")]
 mod enabled {
@@ -42,19 +48,22 @@ pub(crate) fn count(name: &'static str, label: &'static str, value: &'static str
 
 /// Records how long a store call took.
 #[inline]
-pub(crate) fn store_latency(op: &'static str, took: Duration) {
+fn store_latency(op: &'static str, took: Duration) {
     #[cfg(feature = "metrics")]
     enabled::store_latency(op, took);
     #[cfg(not(feature = "metrics"))]
     let _ = (op, took);
 }
 
-/// Counts a release by its outcome.
-pub(crate) fn count_release(result: &Result<crate::ReleaseOutcome, crate::StoreError>) {
-    let outcome = match result {
-        Ok(crate::ReleaseOutcome::Released) => "released",
-        Ok(crate::ReleaseOutcome::NotHeld) => "not_held",
-        Err(_) => "error",
+/// Counts and times one store call of `op` that ended with `outcome`.
+#[inline]
+pub(crate) fn store_call(op: Op, took: Duration, outcome: &'static str) {
+    let counter = match op {
+        Op::Acquire => "dlock_acquire_total",
+        Op::Renew => "dlock_renew_calls_total",
+        Op::Release => "dlock_release_total",
+        Op::Inspect => "dlock_inspect_total",
     };
-    count("dlock_release_total", "outcome", outcome);
+    count(counter, "outcome", outcome);
+    store_latency(op.name(), took);
 }

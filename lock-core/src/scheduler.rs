@@ -2,11 +2,10 @@
 //! fires warnings and expiries from one timer queue, and releases leases in
 //! the background (dropped guards, abandoned acquisitions, expired locks).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -16,21 +15,18 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::time::{DelayQueue, delay_queue};
 
+use crate::calls::Calls;
 use crate::clock::{Clock, Stamp};
 use crate::observe;
+use crate::registry::Registry;
 use crate::state::{Renewal, SharedState, TimerEvent};
 use crate::{LeaseId, LeaseStore, LockerOptions, RenewEntry, RenewOutcome, StoreError};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// Messages to the background task.
+/// Messages to the background task. Taking and releasing locks sends none:
+/// those go through the [`Registry`].
 pub(crate) enum Command {
-    /// Track a newly granted lock.
-    Register(SharedState),
-    /// Stop tracking a lock released in the foreground.
-    Forget(SharedState),
-    /// Stop tracking a lock and release its lease.
-    ReleaseLock(SharedState),
     /// Release a lease that may have been granted (an acquisition whose
     /// reply was lost or abandoned).
     ReleaseLease { key: String, lease_id: LeaseId },
@@ -44,7 +40,8 @@ pub(crate) struct SchedulerHandle {
     pub(crate) finished: watch::Receiver<bool>,
 }
 
-struct Tracked {
+/// A lock whose warning and expiry timer is armed.
+struct Armed {
     state: SharedState,
     timer: delay_queue::Key,
 }
@@ -58,12 +55,15 @@ struct RoundResult {
 }
 
 struct Scheduler<S: LeaseStore> {
-    store: Arc<S>,
+    calls: Calls<S>,
     options: Arc<LockerOptions>,
     clock: Clock,
     max_batch: usize,
-    tracked: HashMap<u64, Tracked>,
-    tracked_count: Arc<AtomicUsize>,
+    registry: Arc<Registry>,
+    /// The locks seen at the last round (or since), with their timers. A
+    /// lock gets its timer at the first round after its grant, which comes
+    /// before its first warning (`warn_after > heartbeat`).
+    armed: HashMap<u64, Armed>,
     timers: DelayQueue<u64>,
     releases: FuturesUnordered<BoxFuture<Option<StoreError>>>,
     /// Releases waiting for a place among the ones in flight.
@@ -76,21 +76,21 @@ struct Scheduler<S: LeaseStore> {
 /// Starts the background task on `runtime`.
 pub(crate) fn spawn<S: LeaseStore>(
     runtime: &tokio::runtime::Handle,
-    store: Arc<S>,
+    calls: Calls<S>,
     options: Arc<LockerOptions>,
     clock: Clock,
     max_batch: usize,
-    tracked_count: Arc<AtomicUsize>,
+    registry: Arc<Registry>,
 ) -> SchedulerHandle {
     let (commands, receiver) = mpsc::unbounded_channel();
     let (finished_tx, finished) = watch::channel(false);
     let scheduler = Scheduler {
-        store,
+        calls,
         options,
         clock,
         max_batch: max_batch.max(1),
-        tracked: HashMap::new(),
-        tracked_count,
+        registry,
+        armed: HashMap::new(),
         timers: DelayQueue::new(),
         releases: FuturesUnordered::new(),
         queued_releases: VecDeque::new(),
@@ -113,16 +113,14 @@ impl<S: LeaseStore> Scheduler<S> {
         tokio::pin!(next_round);
         let mut round_scheduled = false;
         let mut round: Option<BoxFuture<RoundResult>> = None;
+        // A new locker waits idle for its first lock (see Registry).
         let mut commands_open = true;
 
         loop {
-            if !round_scheduled && round.is_none() && !self.tracked.is_empty() {
-                next_round.as_mut().reset(Instant::now() + heartbeat);
-                round_scheduled = true;
-            }
             if !commands_open && self.releases.is_empty() && round.is_none() {
                 break;
             }
+            let idle = !round_scheduled && round.is_none() && !self.closing;
             tokio::select! {
                 biased;
                 command = commands.recv(), if commands_open => match command {
@@ -138,6 +136,12 @@ impl<S: LeaseStore> Scheduler<S> {
                         self.release_all();
                     }
                 },
+                () = self.registry.wake.notified(), if idle => {
+                    // The first lock after an idle spell: renew it a
+                    // heartbeat from now.
+                    next_round.as_mut().reset(Instant::now() + heartbeat);
+                    round_scheduled = true;
+                }
                 Some(expired) = self.timers.next(), if !self.timers.is_empty() => {
                     self.on_timer(expired.into_inner());
                 }
@@ -148,16 +152,24 @@ impl<S: LeaseStore> Scheduler<S> {
                     }
                 }, if round.is_some() => {
                     round = None;
-                    let retry = self.finish_round(result);
-                    if !self.tracked.is_empty() {
-                        next_round.as_mut().reset(retry);
+                    let next = self.finish_round(result);
+                    if !self.closing {
+                        next_round.as_mut().reset(next);
                         round_scheduled = true;
                     }
                 }
                 () = &mut next_round, if round_scheduled => {
                     round_scheduled = false;
                     next_round.as_mut().reset(far_future());
-                    round = self.start_round();
+                    match self.start_round() {
+                        Round::Started(started) => round = Some(started),
+                        // Every lock had expired: look again next tick.
+                        Round::NothingLive => {
+                            next_round.as_mut().reset(Instant::now() + heartbeat);
+                            round_scheduled = true;
+                        }
+                        Round::Idle => {}
+                    }
                 }
                 Some(error) = self.releases.next(), if !self.releases.is_empty() => {
                     if let Some(error) = error
@@ -182,25 +194,6 @@ impl<S: LeaseStore> Scheduler<S> {
 
     fn handle(&mut self, command: Command, commands: &mut mpsc::UnboundedReceiver<Command>) {
         match command {
-            Command::Register(state) => {
-                if self.closing {
-                    if state.mark_released() {
-                        self.release_later(state.key.clone(), state.lease_id);
-                    }
-                    return;
-                }
-                let timer = self.timers.insert_at(state.serial, state.next_event());
-                self.tracked.insert(state.serial, Tracked { state, timer });
-                self.tracked_count
-                    .store(self.tracked.len(), Ordering::Relaxed);
-            }
-            Command::Forget(state) => {
-                self.untrack(state.serial);
-            }
-            Command::ReleaseLock(state) => {
-                self.untrack(state.serial);
-                self.release_later(state.key.clone(), state.lease_id);
-            }
             Command::ReleaseLease { key, lease_id } => self.release_later(key, lease_id),
             Command::Close(reply) => {
                 self.close_replies.push(reply);
@@ -216,22 +209,26 @@ impl<S: LeaseStore> Scheduler<S> {
     /// Releases every tracked lock (closing).
     fn release_all(&mut self) {
         self.closing = true;
-        let tracked: Vec<Tracked> = self.tracked.drain().map(|(_, t)| t).collect();
+        self.armed.clear();
         self.timers.clear();
-        self.tracked_count.store(0, Ordering::Relaxed);
-        for Tracked { state, .. } in tracked {
+        for state in self.registry.close() {
             if state.mark_released() {
                 self.release_later(state.key.clone(), state.lease_id);
             }
         }
     }
 
+    /// Stops tracking a lock: out of the registry, its timer disarmed.
     fn untrack(&mut self, serial: u64) -> Option<SharedState> {
-        let tracked = self.tracked.remove(&serial)?;
-        self.timers.try_remove(&tracked.timer);
-        self.tracked_count
-            .store(self.tracked.len(), Ordering::Relaxed);
-        Some(tracked.state)
+        let state = self.registry.remove(serial);
+        let armed = self.disarm(serial);
+        state.or(armed)
+    }
+
+    fn disarm(&mut self, serial: u64) -> Option<SharedState> {
+        let armed = self.armed.remove(&serial)?;
+        self.timers.try_remove(&armed.timer);
+        Some(armed.state)
     }
 
     /// Queues a background release; at most [`RELEASES_IN_FLIGHT`] run at
@@ -252,31 +249,17 @@ impl<S: LeaseStore> Scheduler<S> {
     }
 
     fn start_release(&mut self, key: String, lease_id: LeaseId) {
-        let store = self.store.clone();
-        let timeout = self.options.store_timeout();
+        let calls = self.calls.clone();
         let fencing = self.options.fencing();
         self.releases.push(Box::pin(async move {
-            let start = Instant::now();
-            let release = store.release(&key, lease_id, fencing);
-            let result = tokio::time::timeout(timeout, release).await;
-            observe::store_latency("release", start.elapsed());
-            if let Ok(result) = &result {
-                observe::count_release(result);
-            } else {
-                observe::count("dlock_release_total", "outcome", "error");
-            }
-            match result {
-                Ok(Ok(outcome)) => {
+            match calls.release(&key, lease_id, fencing).await {
+                Ok(outcome) => {
                     tracing::debug!(key = %key, ?outcome, "background release");
                     None
                 }
-                Ok(Err(error)) => {
+                Err(error) => {
                     tracing::warn!(key = %key, %error, "background release failed; the lease ends with its ttl");
                     Some(error)
-                }
-                Err(_) => {
-                    tracing::warn!(key = %key, "background release timed out; the lease ends with its ttl");
-                    Some(StoreError::timeout("release timed out").with_key(&key))
                 }
             }
         }));
@@ -284,17 +267,17 @@ impl<S: LeaseStore> Scheduler<S> {
 
     fn on_timer(&mut self, serial: u64) {
         let now = self.clock.now();
-        let Some(tracked) = self.tracked.get_mut(&serial) else {
+        let Some(armed) = self.armed.get_mut(&serial) else {
             return;
         };
-        let warnings_before = tracked.state.warn_seq();
-        match tracked.state.on_timer(now) {
+        let warnings_before = armed.state.warn_seq();
+        match armed.state.on_timer(now) {
             TimerEvent::Next(at) => {
-                if tracked.state.warn_seq() > warnings_before {
+                if armed.state.warn_seq() > warnings_before {
                     observe::count("dlock_warnings_total", "", "");
-                    tracing::warn!(id = %tracked.state.id, "lock expiring: renewals are failing");
+                    tracing::warn!(id = %armed.state.id, "lock expiring: renewals are failing");
                 }
-                tracked.timer = self.timers.insert_at(serial, at);
+                armed.timer = self.timers.insert_at(serial, at);
             }
             TimerEvent::Expired => {
                 self.expire(serial);
@@ -315,34 +298,56 @@ impl<S: LeaseStore> Scheduler<S> {
         }
     }
 
-    fn start_round(&mut self) -> Option<BoxFuture<RoundResult>> {
+    fn start_round(&mut self) -> Round {
         let sent = self.clock.now();
-        let mut live = Vec::with_capacity(self.tracked.len());
-        let mut expired = Vec::new();
-        for (serial, tracked) in &self.tracked {
-            if tracked.state.check_expired(sent) {
-                expired.push(*serial);
-            } else {
-                live.push(tracked.state.clone());
-            }
+        let Some(tracked) = self.registry.snapshot() else {
+            self.armed.clear();
+            self.timers.clear();
+            return Round::Idle;
+        };
+        // Locks released since the last round lose their timers; new ones
+        // get theirs.
+        let current: HashSet<u64> = tracked.iter().map(|state| state.serial).collect();
+        let gone: Vec<u64> = self
+            .armed
+            .keys()
+            .filter(|serial| !current.contains(serial))
+            .copied()
+            .collect();
+        for serial in gone {
+            self.disarm(serial);
         }
-        for serial in expired {
-            self.expire(serial);
+        let mut live = Vec::with_capacity(tracked.len());
+        for state in tracked {
+            if state.check_expired(sent) {
+                self.expire(state.serial);
+                continue;
+            }
+            if !self.armed.contains_key(&state.serial) {
+                let timer = self.timers.insert_at(state.serial, state.next_event());
+                self.armed.insert(
+                    state.serial,
+                    Armed {
+                        state: state.clone(),
+                        timer,
+                    },
+                );
+            }
+            live.push(state);
         }
         if live.is_empty() {
-            return None;
+            return Round::NothingLive;
         }
         let batches: Vec<Vec<SharedState>> = live
             .chunks(self.max_batch)
             .map(<[SharedState]>::to_vec)
             .collect();
-        let store = self.store.clone();
+        let calls = self.calls.clone();
         let ttl = self.options.lease();
-        let timeout = self.options.store_timeout();
         tracing::trace!(locks = live.len(), batches = batches.len(), "renewing");
-        Some(Box::pin(async move {
+        Round::Started(Box::pin(async move {
             let calls = batches.into_iter().map(|batch| {
-                let store = store.clone();
+                let calls = calls.clone();
                 async move {
                     let entries: Vec<RenewEntry<'_>> = batch
                         .iter()
@@ -351,11 +356,7 @@ impl<S: LeaseStore> Scheduler<S> {
                             lease_id: state.lease_id,
                         })
                         .collect();
-                    let result =
-                        match tokio::time::timeout(timeout, store.renew(&entries, ttl)).await {
-                            Ok(result) => result,
-                            Err(_) => Err(StoreError::timeout("renewal timed out")),
-                        };
+                    let result = calls.renew(&entries, ttl).await;
                     drop(entries);
                     (batch, result)
                 }
@@ -394,8 +395,8 @@ impl<S: LeaseStore> Scheduler<S> {
                     RenewOutcome::Renewed { ttl } => {
                         match state.renewed(round.sent, ttl, &self.options, now) {
                             Renewal::Applied { next_event } => {
-                                if let Some(tracked) = self.tracked.get(&state.serial) {
-                                    self.timers.reset_at(&tracked.timer, next_event);
+                                if let Some(armed) = self.armed.get(&state.serial) {
+                                    self.timers.reset_at(&armed.timer, next_event);
                                 }
                             }
                             Renewal::TooLate => {
@@ -421,6 +422,15 @@ impl<S: LeaseStore> Scheduler<S> {
             round.sent.mono + self.options.heartbeat()
         }
     }
+}
+
+/// What starting a renewal round did.
+enum Round {
+    Started(BoxFuture<RoundResult>),
+    /// Locks are tracked but none is live any more.
+    NothingLive,
+    /// No lock is tracked: the task waits for the registry to wake it.
+    Idle,
 }
 
 /// How many background releases run at once.

@@ -19,7 +19,66 @@ use crate::{
 ///
 /// A store that passes the `conformance-tests` suite works with every part
 /// of the locker. [`MemoryStore`](crate::MemoryStore) is the reference
-/// implementation.
+/// implementation. Implementing the trait needs nothing beyond this crate:
+/// it re-exports [`async_trait`](crate::async_trait).
+///
+/// # The rules the suite checks
+///
+/// **Acquire**
+/// - A key with no live lease (never seen, released, or expired by the
+///   store's clock) is granted; a live lease answers
+///   [`Held`](crate::AcquireOutcome::Held) with its owner. Many clients
+///   racing for one free key: exactly one is granted.
+/// - A grant lasts its whole applied ttl: nobody else is granted the key
+///   before it runs out, unless it is released. The applied ttl is at least
+///   the requested one (a store may round up, never down).
+/// - [`Holder::remaining`](crate::Holder::remaining) is the holder's time
+///   left by the store's clock, or a lower bound of it (etcd truncates to
+///   whole seconds), or `None` when unknown; never more than the ttl.
+/// - [`Grant::previous_owner`](crate::Grant::previous_owner) names the owner
+///   of a lease that *expired* and was taken over (when the store still
+///   knows it); it is `None` after a release: a released key was not taken
+///   over.
+///
+/// **Renew**
+/// - Renews only a lease that carries the entry's lease id and is still
+///   live by the store's clock: a lease that expired is
+///   [`Lost`](crate::RenewOutcome::Lost) even when nobody took the key, and
+///   the renewal does not bring it back. Released, superseded and unknown
+///   leases are `Lost`. A renewal never creates a lease.
+/// - One outcome per entry, in order, for mixed batches; a batch of up to
+///   [`Capabilities::max_batch`](crate::Capabilities::max_batch) entries
+///   costs a constant number of round trips; an empty batch answers
+///   nothing.
+///
+/// **Release**
+/// - Releases only the lease with the given id, and only while it is live;
+///   never by key alone. A release by a lease that expired (whether or not
+///   someone took the key since), by a foreign lease id, or a second
+///   release, answers [`NotHeld`](crate::ReleaseOutcome::NotHeld) and
+///   changes nothing. After a release another client is granted the key at
+///   once.
+///
+/// **Fencing tokens** (when the request asks for them)
+/// - Every grant of a key carries a token strictly greater than every
+///   earlier grant's token of that key: across release, expiry, takeover,
+///   and the store's restart; keys interleaved do not disturb each other.
+/// - [`inspect`](LeaseStore::inspect) keeps reporting the last token
+///   minted after the key is released.
+/// - With [`Fencing::Disabled`] a grant carries no token, and a release may
+///   delete the key's fencing state altogether. Switching fencing off and
+///   back on for one key can therefore restart its tokens below earlier
+///   ones (SQL stores and `MemoryStore` do; Redis floors tokens at its
+///   clock and etcd uses revisions, so theirs keep increasing): do not mix
+///   fenced and unfenced use of one key.
+///
+/// **Keys and waiting**
+/// - Keys are matched exactly, byte for byte, whatever they hold (quotes,
+///   SQL and glob wildcards, braces, newlines, emoji), up to
+///   [`Capabilities::max_key_len`](crate::Capabilities::max_key_len) bytes.
+/// - [`wait_for_change`](LeaseStore::wait_for_change) returns by its
+///   maximum; with [`Capabilities::native_wait`](crate::Capabilities::native_wait)
+///   a release wakes it long before.
 ///
 /// # Cancel safety
 ///

@@ -201,6 +201,26 @@ impl ConnectionUrl {
         )
     }
 
+    /// The URL as given (secrets included) with its path replaced by `path`
+    /// (which should start with `/`), keeping the query.
+    pub fn with_path(&self, path: &str) -> String {
+        let rest_start = self.tail.find(['?', '#']).unwrap_or(self.tail.len());
+        let rest = &self.tail[rest_start..];
+        if !self.hierarchical {
+            return format!("{}:{path}{rest}", self.scheme);
+        }
+        let userinfo = self
+            .userinfo
+            .as_deref()
+            .map(|userinfo| format!("{userinfo}@"))
+            .unwrap_or_default();
+        format!(
+            "{}://{userinfo}{}{path}{rest}",
+            self.scheme,
+            self.hosts.join(",")
+        )
+    }
+
     /// The URL with every secret replaced by `***`: fit for errors, logs
     /// and `Debug` output.
     pub fn redacted(&self) -> String {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{FaultyStore, holder_of, locker, short_options};
+use common::{FaultyStore, holder_of, locker, paused_boot_clock, short_options};
 use lock_core::{
     AcquireRequest, Capabilities, LeaseId, LeaseLocker, LeaseStore, Lock, LockError, LockStatus,
     Locker, LockerOptions, MemoryStore,
@@ -704,7 +704,7 @@ async fn a_guard_keeps_renewing_after_the_locker_handle_is_dropped() {
 #[tokio::test(start_paused = true)]
 async fn without_warnings_there_is_no_receiver_but_the_status_still_turns_expiring() {
     let store = FaultyStore::new(MemoryStore::new());
-    let options = LockerOptions::builder()
+    let options = paused_boot_clock(LockerOptions::builder())
         .lease(3 * SEC)
         .heartbeat(SEC)
         .without_warnings()

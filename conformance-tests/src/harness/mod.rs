@@ -40,6 +40,8 @@ mod shared;
 
 use std::ffi::OsStr;
 use std::fmt;
+
+use lock_core::url::ConnectionUrl;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -211,57 +213,15 @@ impl fmt::Debug for SecretUrl {
     }
 }
 
-/// The parts of `scheme://[user[:password]@]host[:port][/path][?query]`.
-struct UrlParts<'a> {
-    scheme: &'a str,
-    userinfo: Option<&'a str>,
-    host_port: &'a str,
-    /// Everything from the first `/`, `?` or `#` after the authority.
-    rest: &'a str,
-}
-
-fn split_url(url: &str) -> Option<UrlParts<'_>> {
-    let (scheme, after_scheme) = url.split_once("://")?;
-    let authority_end = after_scheme
-        .find(['/', '?', '#'])
-        .unwrap_or(after_scheme.len());
-    let (authority, rest) = after_scheme.split_at(authority_end);
-    let (userinfo, host_port) = match authority.rsplit_once('@') {
-        Some((userinfo, host_port)) => (Some(userinfo), host_port),
-        None => (None, authority),
-    };
-    Some(UrlParts {
-        scheme,
-        userinfo,
-        host_port,
-        rest,
-    })
-}
-
-fn join_url(scheme: &str, userinfo: Option<&str>, host_port: &str, rest: &str) -> String {
-    match userinfo {
-        Some(userinfo) => format!("{scheme}://{userinfo}@{host_port}{rest}"),
-        None => format!("{scheme}://{host_port}{rest}"),
+/// `text` with its secrets hidden when it is a URL (through
+/// [`lock_core::url`], the one redaction of the workspace); other text, such
+/// as a server's command-line arguments, unchanged.
+fn redact_url(text: &str) -> String {
+    if text.contains("://") {
+        lock_core::url::redact(text)
+    } else {
+        text.to_owned()
     }
-}
-
-/// `url` with any password replaced by `***`, fit for logs and errors.
-fn redact_url(url: &str) -> String {
-    let Some(parts) = split_url(url) else {
-        return url.to_owned();
-    };
-    let userinfo = parts
-        .userinfo
-        .map(|userinfo| match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{user}:***"),
-            None => userinfo.to_owned(),
-        });
-    join_url(
-        parts.scheme,
-        userinfo.as_deref(),
-        parts.host_port,
-        parts.rest,
-    )
 }
 
 /// `url` with its host and port replaced by `addr`, keeping credentials,
@@ -270,9 +230,9 @@ fn redact_url(url: &str) -> String {
 ///
 /// [`FaultProxy`]: crate::fault_proxy::FaultProxy
 fn url_with_addr(url: &str, addr: SocketAddr) -> String {
-    match split_url(url) {
-        Some(parts) => join_url(parts.scheme, parts.userinfo, &addr.to_string(), parts.rest),
-        None => url.to_owned(),
+    match ConnectionUrl::parse(url) {
+        Ok(parsed) if parsed.is_hierarchical() => parsed.with_hosts(&[addr.to_string()]),
+        _ => url.to_owned(),
     }
 }
 
@@ -284,9 +244,11 @@ fn resolve_url(
     default_port: u16,
 ) -> Result<SocketAddr, HarnessError> {
     let unavailable = |reason: String| HarnessError::Unavailable { server, reason };
-    let parts =
-        split_url(url).ok_or_else(|| unavailable(format!("`{}` is not a URL", redact_url(url))))?;
-    let host_port = parts.host_port;
+    let parsed = ConnectionUrl::parse(url).map_err(|error| unavailable(error.to_string()))?;
+    let host_port = parsed
+        .hosts()
+        .first()
+        .ok_or_else(|| unavailable(format!("`{}` names no host", parsed.redacted())))?;
     // A bracketed IPv6 literal contains colons of its own.
     let has_port = match host_port.rfind(']') {
         Some(bracket) => host_port[bracket..].contains(':'),

@@ -16,7 +16,7 @@ use super::clock::FakeClock;
 use super::process::{ServerProcess, run_command, run_command_blocking, wait_until};
 use super::{
     HarnessError, SecretUrl, env_override, find_in_path, is_executable, redact_url,
-    require_program, resolve_url, split_url, url_with_addr,
+    require_program, resolve_url, url_with_addr,
 };
 
 const SERVER: &str = "postgres";
@@ -472,14 +472,8 @@ async fn drop_abandoned_databases(psql: &Path, admin_url: &str) {
 
 /// `url` with its database (the path) replaced by `database`.
 fn url_with_database(url: &str, database: &str) -> Option<String> {
-    let parts = split_url(url)?;
-    let query_start = parts.rest.find(['?', '#']).unwrap_or(parts.rest.len());
-    let query = &parts.rest[query_start..];
-    let authority = match parts.userinfo {
-        Some(userinfo) => format!("{userinfo}@{}", parts.host_port),
-        None => parts.host_port.to_owned(),
-    };
-    Some(format!("{}://{authority}/{database}{query}", parts.scheme))
+    let parsed = lock_core::url::ConnectionUrl::parse(url).ok()?;
+    Some(parsed.with_path(&format!("/{database}")))
 }
 
 /// The directory holding `initdb` and `postgres`: the newest version under

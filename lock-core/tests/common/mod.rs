@@ -10,7 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use lock_core::{
     AcquireOutcome, AcquireRequest, Capabilities, Fencing, LeaseId, LeaseInfo, LeaseLocker,
-    LeaseStore, LockerOptions, MemoryStore, ReleaseOutcome, RenewEntry, RenewOutcome, StoreError,
+    LeaseStore, LockerOptions, LockerOptionsBuilder, MemoryStore, ReleaseOutcome, RenewEntry,
+    RenewOutcome, StoreError,
 };
 
 #[derive(Debug, Default)]
@@ -109,9 +110,11 @@ impl LeaseStore for FaultyStore {
 }
 
 /// Options with a 3 s lease, 1 s heartbeat, 2 s warning and 500 ms store
-/// timeout: short enough for readable paused-time arithmetic.
+/// timeout: short enough for readable paused-time arithmetic. The boot
+/// clock (which detects suspend) follows tokio's paused clock: the real one
+/// would expire locks of a test that runs slowly on a busy machine.
 pub fn short_options(owner: &str) -> LockerOptions {
-    LockerOptions::builder()
+    paused_boot_clock(LockerOptions::builder())
         .owner(owner)
         .lease(Duration::from_secs(3))
         .heartbeat(Duration::from_secs(1))
@@ -119,6 +122,14 @@ pub fn short_options(owner: &str) -> LockerOptions {
         .store_timeout(Duration::from_millis(500))
         .build()
         .unwrap()
+}
+
+/// Makes the builder's boot clock follow tokio's clock (paused in tests).
+pub fn paused_boot_clock(builder: LockerOptionsBuilder) -> LockerOptionsBuilder {
+    let base = tokio::time::Instant::now();
+    builder.boot_clock(Arc::new(move || {
+        Some(tokio::time::Instant::now().saturating_duration_since(base))
+    }))
 }
 
 pub fn locker<S: LeaseStore>(store: S, owner: &str) -> LeaseLocker<S> {
