@@ -3,12 +3,13 @@
 //! for benchmarks that count round trips.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use lock_core::async_trait;
 use lock_core::{
     AcquireOutcome, AcquireRequest, Capabilities, Fencing, LeaseId, LeaseInfo, LeaseStore,
-    ReleaseOutcome, RenewEntry, RenewOutcome, StoreError,
+    ReleaseOutcome, RenewEntry, RenewOutcome, StoreError, WaitOutcome,
 };
 
 /// Wraps a store. Every switch starts off; flip them from any task.
@@ -21,7 +22,7 @@ pub struct FaultyStore<S> {
     pub cut: AtomicBool,
     /// Only renewals fail.
     pub fail_renewals: AtomicBool,
-    /// `wait_for_change` never wakes early (every notification is lost),
+    /// `wait_for_grant` never hears anything (every notification is lost),
     /// while `capabilities()` still claims native waits.
     pub deaf: AtomicBool,
     /// Acquire calls made (including refused ones).
@@ -32,6 +33,9 @@ pub struct FaultyStore<S> {
     pub renewed_entries: AtomicUsize,
     /// Release calls made.
     pub release_calls: AtomicUsize,
+    /// The number of entries of every renew call that reached the store,
+    /// in order.
+    renew_sizes: Mutex<Vec<usize>>,
 }
 
 impl<S> FaultyStore<S> {
@@ -46,7 +50,16 @@ impl<S> FaultyStore<S> {
             renew_calls: AtomicUsize::new(0),
             renewed_entries: AtomicUsize::new(0),
             release_calls: AtomicUsize::new(0),
+            renew_sizes: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The number of entries of every renew call that reached the store.
+    pub fn renew_sizes(&self) -> Vec<usize> {
+        self.renew_sizes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The wrapped store.
@@ -90,6 +103,10 @@ impl<S: LeaseStore> LeaseStore for FaultyStore<S> {
         self.check(&self.fail_renewals)?;
         self.renewed_entries
             .fetch_add(leases.len(), Ordering::SeqCst);
+        self.renew_sizes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(leases.len());
         self.inner.renew(leases, ttl).await
     }
 
@@ -117,11 +134,12 @@ impl<S: LeaseStore> LeaseStore for FaultyStore<S> {
         }
     }
 
-    async fn wait_for_change(&self, key: &str, max: Duration) {
+    async fn wait_for_grant(&self, key: &str, lease_id: LeaseId, max: Duration) -> WaitOutcome {
         if self.deaf.load(Ordering::SeqCst) {
             tokio::time::sleep(max).await;
+            WaitOutcome::TimedOut
         } else {
-            self.inner.wait_for_change(key, max).await;
+            self.inner.wait_for_grant(key, lease_id, max).await
         }
     }
 }

@@ -49,5 +49,5 @@ mod support;
 pub use suite::{__CaseFn, Requirement, Summary, run_all, skip_reason};
 pub use support::{
     BoxFuture, StoreFactory, acquire, eventually, expiry_slack, grant, grant_after_expiry, granted,
-    held, holder_of, locker, locker_options, shared, short_ttl, unique_key,
+    held, holder_of, locker, locker_options, queued, round_up, shared, short_ttl, unique_key,
 };

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use lock_core::{
     AcquireOutcome, AcquireRequest, Capabilities, Grant, Holder, LeaseId, LeaseLocker, LeaseStore,
-    LockerOptions,
+    LockerOptions, Queued,
 };
 use tokio::time::Instant;
 
@@ -62,7 +62,8 @@ pub fn short_ttl(caps: &Capabilities) -> Duration {
     )
 }
 
-fn round_up(ttl: Duration, granularity: Duration) -> Duration {
+/// `ttl` rounded up to a multiple of `granularity`.
+pub fn round_up(ttl: Duration, granularity: Duration) -> Duration {
     if granularity.is_zero() {
         return ttl;
     }
@@ -111,7 +112,7 @@ pub async fn acquire<S: LeaseStore>(
 pub fn granted(outcome: AcquireOutcome) -> Grant {
     match outcome {
         AcquireOutcome::Acquired(grant) => grant,
-        AcquireOutcome::Held(holder) => panic!("expected a grant, the key is held: {holder:?}"),
+        other => panic!("expected a grant, got {other:?}"),
     }
 }
 
@@ -119,7 +120,15 @@ pub fn granted(outcome: AcquireOutcome) -> Grant {
 pub fn held(outcome: AcquireOutcome) -> Holder {
     match outcome {
         AcquireOutcome::Held(holder) => holder,
-        AcquireOutcome::Acquired(grant) => panic!("expected Held, got a grant: {grant:?}"),
+        other => panic!("expected Held, got {other:?}"),
+    }
+}
+
+/// Asserts the entry was queued.
+pub fn queued(outcome: AcquireOutcome) -> Queued {
+    match outcome {
+        AcquireOutcome::Queued(queued) => queued,
+        other => panic!("expected Queued, got {other:?}"),
     }
 }
 
@@ -174,10 +183,10 @@ pub async fn grant_after_expiry<S: LeaseStore>(
         let (lease_id, outcome) = acquire(store, key, owner, ttl).await;
         match outcome {
             AcquireOutcome::Acquired(grant) => return (lease_id, grant),
-            AcquireOutcome::Held(holder) => {
+            other => {
                 assert!(
                     Instant::now() < give_up,
-                    "{key:?} still held after {limit:?}: {holder:?}"
+                    "{key:?} still held after {limit:?}: {other:?}"
                 );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }

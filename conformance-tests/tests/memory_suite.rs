@@ -8,7 +8,7 @@ use std::time::Duration;
 use lock_core::async_trait;
 use lock_core::{
     AcquireOutcome, AcquireRequest, Capabilities, Fencing, LeaseId, LeaseInfo, LeaseStore,
-    MemoryStore, ReleaseOutcome, RenewEntry, RenewOutcome, StoreError,
+    MemoryStore, ReleaseOutcome, RenewEntry, RenewOutcome, StoreError, WaitOutcome,
 };
 
 conformance_tests::conformance_suite!(memory_store, conformance_tests::shared(MemoryStore::new()));
@@ -23,6 +23,12 @@ enum Bug {
     RenewByKeyAlone,
     /// Tokens restart at 1 after a release.
     TokensResetOnRelease,
+    /// Never queues: a waiter must ask again and again, and may be
+    /// overtaken.
+    NoQueue,
+    /// Waiting entries live a hundred times their waiter ttl: a dead
+    /// waiter stalls the queue.
+    WaitersOutliveTheirTtl,
 }
 
 /// MemoryStore with one bug switched on. Clones share everything, like
@@ -53,6 +59,14 @@ impl BuggyStore {
 #[async_trait]
 impl LeaseStore for BuggyStore {
     async fn acquire(&self, request: AcquireRequest<'_>) -> Result<AcquireOutcome, StoreError> {
+        let mut request = request;
+        match (self.bug, request.queue) {
+            (Bug::NoQueue, Some(_)) => request.queue = None,
+            (Bug::WaitersOutliveTheirTtl, Some(waiter_ttl)) => {
+                request = request.queued(waiter_ttl * 100);
+            }
+            _ => {}
+        }
         let outcome = self.inner.acquire(request).await?;
         if let AcquireOutcome::Acquired(_) = outcome {
             let mut latest = self.latest.lock().unwrap();
@@ -66,17 +80,32 @@ impl LeaseStore for BuggyStore {
         leases: &[RenewEntry<'_>],
         ttl: Duration,
     ) -> Result<Vec<RenewOutcome>, StoreError> {
+        if let Bug::WaitersOutliveTheirTtl = self.bug {
+            let longer: Vec<RenewEntry<'_>> = leases
+                .iter()
+                .map(|entry| RenewEntry {
+                    wait_ttl: entry.wait_ttl.map(|waiter_ttl| waiter_ttl * 100),
+                    ..*entry
+                })
+                .collect();
+            return self.inner.renew(&longer, ttl).await;
+        }
         let Bug::RenewByKeyAlone = self.bug else {
-            return self.inner.renew(leases, ttl).await;
+            let outcomes = self.inner.renew(leases, ttl).await?;
+            // A promoted waiter is the key's latest holder.
+            for (entry, outcome) in leases.iter().zip(&outcomes) {
+                if let RenewOutcome::Granted(_) = outcome {
+                    let mut latest = self.latest.lock().unwrap();
+                    latest.insert(entry.key.to_owned(), entry.lease_id);
+                }
+            }
+            return Ok(outcomes);
         };
         let mut outcomes = Vec::new();
         for entry in leases {
             // Extend whatever lease the key has, or recreate it.
             let lease_id = self.latest(entry.key).unwrap_or(entry.lease_id);
-            let current = [RenewEntry {
-                key: entry.key,
-                lease_id,
-            }];
+            let current = [RenewEntry::held(entry.key, lease_id)];
             if self.inner.renew(&current, ttl).await? == [RenewOutcome::Lost] {
                 let request = AcquireRequest::new(entry.key, "renewer", entry.lease_id, ttl);
                 self.acquire(request).await?;
@@ -98,7 +127,7 @@ impl LeaseStore for BuggyStore {
                 self.inner.release(key, current, fencing).await
             }
             Bug::TokensResetOnRelease => self.inner.release(key, lease_id, Fencing::Disabled).await,
-            Bug::RenewByKeyAlone => self.inner.release(key, lease_id, fencing).await,
+            _ => self.inner.release(key, lease_id, fencing).await,
         }
     }
 
@@ -110,8 +139,13 @@ impl LeaseStore for BuggyStore {
         self.inner.capabilities()
     }
 
-    async fn wait_for_change(&self, key: &str, max: Duration) {
-        self.inner.wait_for_change(key, max).await;
+    async fn wait_for_grant(&self, key: &str, lease_id: LeaseId, max: Duration) -> WaitOutcome {
+        let outcome = self.inner.wait_for_grant(key, lease_id, max).await;
+        if let WaitOutcome::Granted { .. } = outcome {
+            let mut latest = self.latest.lock().unwrap();
+            latest.insert(key.to_owned(), lease_id);
+        }
+        outcome
     }
 }
 
@@ -163,7 +197,31 @@ async fn the_suite_catches_tokens_that_restart_after_release() {
         &[
             "fencing_tokens_increase_across_release",
             "fencing_tokens_increase_per_key_when_keys_interleave",
-            "contention_race_with_a_fenced_register",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_suite_catches_a_store_without_a_queue() {
+    suite_catches(
+        Bug::NoQueue,
+        &[
+            "queue_grants_waiters_in_arrival_order",
+            "queue_release_and_ask_again_goes_behind_the_waiters",
+            "locker_promoted_waiter_makes_no_acquire_call",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_suite_catches_waiters_that_outlive_their_ttl() {
+    suite_catches(
+        Bug::WaitersOutliveTheirTtl,
+        &[
+            "queue_dead_waiter_delays_by_at_most_its_waiter_ttl",
+            "locker_dead_waiter_delays_the_queue_by_at_most_its_waiter_ttl",
         ],
     )
     .await;
@@ -175,7 +233,7 @@ async fn run_all_passes_on_the_reference_store() {
     summary.assert_passed();
     assert_eq!(summary.skipped.len(), 1, "{:?}", summary.skipped);
     assert!(
-        summary.passed.len() >= 38,
+        summary.passed.len() >= 52,
         "{} cases passed",
         summary.passed.len()
     );

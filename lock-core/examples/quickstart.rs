@@ -13,11 +13,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use lock_core::{
     AcquireOutcome, AcquireRequest, Capabilities, Fencing, FencingToken, LeaseId, LeaseInfo,
     LeaseLocker, LeaseStore, LockError, Locker, LockerOptions, MemoryStore, ReleaseOutcome,
-    RenewEntry, RenewOutcome, StoreError,
+    RenewEntry, RenewOutcome, StoreError, WaitOutcome, async_trait,
 };
 use tokio::time::Instant;
 
@@ -66,8 +65,8 @@ impl LeaseStore for CuttableStore {
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
     }
-    async fn wait_for_change(&self, key: &str, max: Duration) {
-        self.inner.wait_for_change(key, max).await;
+    async fn wait_for_grant(&self, key: &str, lease_id: LeaseId, max: Duration) -> WaitOutcome {
+        self.inner.wait_for_grant(key, lease_id, max).await
     }
 }
 

@@ -101,6 +101,8 @@ impl<S: LeaseStore + ?Sized> Calls<S> {
             |result| match result {
                 Ok(AcquireOutcome::Acquired(_)) => "acquired",
                 Ok(AcquireOutcome::Held(_)) => "taken",
+                Ok(AcquireOutcome::Queued(_)) => "queued",
+                Ok(AcquireOutcome::LimitMismatch { .. }) => "limit_mismatch",
                 Err(_) => "error",
             },
         )

@@ -200,6 +200,20 @@ pub enum LockError {
     /// The locker was closed; no new locks can be taken through it.
     #[error("the locker is closed")]
     Closed,
+    /// The lock id is in use with another number of permits (a semaphore of
+    /// another size, or a mutex, semaphore and reader-writer lock mixed on
+    /// one id).
+    #[error(
+        "lock {id:?} is in use with limit {existing}, not {requested}: every holder and waiter of one id must ask for the same number of permits (a mutex is 1)"
+    )]
+    LimitMismatch {
+        /// The lock id asked for.
+        id: String,
+        /// The limit this request asked for.
+        requested: u32,
+        /// The limit the id's current holders and waiters use.
+        existing: u32,
+    },
     /// The lock id is not acceptable.
     #[error("invalid lock id: {reason}")]
     InvalidId {

@@ -89,8 +89,40 @@ impl Fencing {
     }
 }
 
+/// How an entry holds its key: alone, or together with other shared entries
+/// up to the key's limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum LockMode {
+    /// Holds alone: a mutex, or the writer side of a reader-writer lock.
+    #[default]
+    Exclusive,
+    /// Holds together with other shared entries, at most `limit` at once: a
+    /// semaphore's permit, or the reader side of a reader-writer lock.
+    Shared,
+}
+
+impl LockMode {
+    /// `"exclusive"` or `"shared"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Exclusive => "exclusive",
+            Self::Shared => "shared",
+        }
+    }
+}
+
+impl fmt::Display for LockMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One acquisition attempt, as passed to
 /// [`LeaseStore::acquire`](crate::LeaseStore::acquire).
+///
+/// A key is a queue of entries (see [`LeaseStore`](crate::LeaseStore)); a
+/// request asks to add one entry, holding at once or, with
+/// [`queue`](AcquireRequest::queue), waiting in line.
 #[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
 pub struct AcquireRequest<'a> {
@@ -105,10 +137,21 @@ pub struct AcquireRequest<'a> {
     pub ttl: Duration,
     /// Whether to mint a fencing token.
     pub fencing: Fencing,
+    /// How the entry holds: alone or shared.
+    pub mode: LockMode,
+    /// How many entries may hold the key at once (1 for a mutex, N for a
+    /// semaphore of N permits). Every request on one key must agree on it
+    /// while the key has live entries.
+    pub limit: u32,
+    /// `Some(waiter_ttl)`: when the entry cannot hold at once, add it to
+    /// the key's queue as a waiting entry that expires `waiter_ttl` after
+    /// its last renewal. `None`: hold at once or add nothing.
+    pub queue: Option<Duration>,
 }
 
 impl<'a> AcquireRequest<'a> {
-    /// A request with fencing enabled.
+    /// An exclusive request with limit 1 (a mutex), fencing enabled, that
+    /// does not queue.
     pub fn new(key: &'a str, owner: &'a str, lease_id: LeaseId, ttl: Duration) -> Self {
         Self {
             key,
@@ -116,7 +159,26 @@ impl<'a> AcquireRequest<'a> {
             lease_id,
             ttl,
             fencing: Fencing::Enabled,
+            mode: LockMode::Exclusive,
+            limit: 1,
+            queue: None,
         }
+    }
+
+    /// Sets the mode and the key's limit (at least 1).
+    #[must_use]
+    pub fn with_mode(mut self, mode: LockMode, limit: u32) -> Self {
+        self.mode = mode;
+        self.limit = limit.max(1);
+        self
+    }
+
+    /// Queues the entry when it cannot hold at once; it waits for at most
+    /// `waiter_ttl` after its last renewal.
+    #[must_use]
+    pub fn queued(mut self, waiter_ttl: Duration) -> Self {
+        self.queue = Some(waiter_ttl);
+        self
     }
 
     /// Sets whether a fencing token is minted.
@@ -127,14 +189,74 @@ impl<'a> AcquireRequest<'a> {
     }
 }
 
-/// The answer to an acquisition: granted, or held by someone else. Losing
-/// the race is an outcome, not an error.
+/// The answer to an acquisition: granted, queued, or held by others.
+/// Losing the race is an outcome, not an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum AcquireOutcome {
-    /// The lease was granted.
+    /// The entry holds the key.
     Acquired(Grant),
-    /// A live lease exists.
+    /// The entry cannot hold at once and the request did not ask to queue
+    /// (or the store declined to): nothing was added. The holder is the
+    /// first live holder of the key.
     Held(Holder),
+    /// The entry waits in the key's queue.
+    Queued(Queued),
+    /// The key's live entries use another limit: nothing was added.
+    LimitMismatch {
+        /// The limit the key's live entries agreed on.
+        limit: u32,
+    },
+}
+
+/// A waiting entry, as [`AcquireOutcome::Queued`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Queued {
+    /// The waiter ttl the store applied (at least the requested one).
+    pub ttl: Duration,
+    /// The fencing token the entry will carry once it holds, when the
+    /// store knows it already (stores whose tokens are the entries'
+    /// sequence numbers do).
+    pub token: Option<FencingToken>,
+    /// The first live holder of the key, when there is one.
+    pub holder: Option<Holder>,
+    /// How soon an entry ahead may expire, when known: the entry may hold
+    /// from then on without any release.
+    pub retry_after: Option<Duration>,
+}
+
+impl Queued {
+    /// A waiting entry with the applied waiter `ttl`.
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            token: None,
+            holder: None,
+            retry_after: None,
+        }
+    }
+
+    /// Sets the token the entry will carry.
+    #[must_use]
+    pub fn with_token(mut self, token: FencingToken) -> Self {
+        self.token = Some(token);
+        self
+    }
+
+    /// Sets the first live holder.
+    #[must_use]
+    pub fn with_holder(mut self, holder: Holder) -> Self {
+        self.holder = Some(holder);
+        self
+    }
+
+    /// Sets how soon an entry ahead may expire.
+    #[must_use]
+    pub fn with_retry_after(mut self, retry_after: Duration) -> Self {
+        self.retry_after = Some(retry_after);
+        self
+    }
 }
 
 /// A granted lease.
@@ -176,23 +298,34 @@ impl Grant {
     }
 }
 
-/// The current holder of a live lease.
+/// A live holder of a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Holder {
     /// The holder's owner name.
     pub owner: String,
-    /// How long the lease still runs by the store's clock, when known.
+    /// How long the lease still runs by the store's clock, when known (may
+    /// be a lower bound: etcd truncates to whole seconds).
     pub remaining: Option<Duration>,
+    /// How it holds.
+    pub mode: LockMode,
 }
 
 impl Holder {
-    /// A holder with an unknown remaining time.
+    /// An exclusive holder with an unknown remaining time.
     pub fn new(owner: impl Into<String>) -> Self {
         Self {
             owner: owner.into(),
             remaining: None,
+            mode: LockMode::Exclusive,
         }
+    }
+
+    /// Sets how it holds.
+    #[must_use]
+    pub fn with_mode(mut self, mode: LockMode) -> Self {
+        self.mode = mode;
+        self
     }
 
     /// Sets the remaining time.
@@ -203,35 +336,92 @@ impl Holder {
     }
 }
 
-/// One lease of a renewal batch.
+/// One entry of a renewal batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RenewEntry<'a> {
     /// The full lock key.
     pub key: &'a str,
     /// The lease id the renewal must match.
     pub lease_id: LeaseId,
+    /// `Some(waiter_ttl)` when the locker believes the entry waits: a
+    /// still-waiting entry is extended by `waiter_ttl` and answered
+    /// [`RenewOutcome::Waiting`]; one that holds by now is extended by the
+    /// batch's ttl and answered [`RenewOutcome::Granted`] with its token.
+    /// `None` for a held entry.
+    pub wait_ttl: Option<Duration>,
 }
 
-/// The answer for one lease of a renewal batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+impl<'a> RenewEntry<'a> {
+    /// An entry the locker holds.
+    pub fn held(key: &'a str, lease_id: LeaseId) -> Self {
+        Self {
+            key,
+            lease_id,
+            wait_ttl: None,
+        }
+    }
+
+    /// An entry the locker believes waits, with its waiter ttl.
+    pub fn waiting(key: &'a str, lease_id: LeaseId, waiter_ttl: Duration) -> Self {
+        Self {
+            key,
+            lease_id,
+            wait_ttl: Some(waiter_ttl),
+        }
+    }
+}
+
+/// The answer for one entry of a renewal batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RenewOutcome {
-    /// The lease was extended; `ttl` is the time to live the store applied,
-    /// counted from when it processed the request.
+    /// The holding entry was extended; `ttl` is the time to live the store
+    /// applied, counted from when it processed the request.
     Renewed {
         /// The applied time to live.
         ttl: Duration,
     },
-    /// The lease is gone: released, expired by the store's clock, or
+    /// An entry renewed as waiting holds now: it was extended by the
+    /// batch's ttl (the grant's `ttl`), and carries its token.
+    Granted(Grant),
+    /// The entry still waits; it was extended by its waiter ttl.
+    Waiting {
+        /// The applied waiter ttl.
+        ttl: Duration,
+        /// How soon an entry ahead may expire, when known.
+        retry_after: Option<Duration>,
+    },
+    /// The entry is gone: released, expired by the store's clock, or
     /// superseded. A renewal never recreates it.
     Lost,
+}
+
+/// What [`LeaseStore::wait_for_grant`](crate::LeaseStore::wait_for_grant)
+/// learned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WaitOutcome {
+    /// The store told the waiting entry it holds now (a release handed the
+    /// key to it); its expiry was not moved by the grant. The token, when
+    /// the notification carried it.
+    Granted {
+        /// The entry's fencing token, when known.
+        token: Option<FencingToken>,
+    },
+    /// The key's queue may have changed: the caller should renew the entry
+    /// to learn where it stands.
+    Changed,
+    /// Nothing was heard within the maximum wait.
+    TimedOut,
 }
 
 /// The answer to a release.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReleaseOutcome {
-    /// The lease was live and is now released.
+    /// The entry was live (holding or waiting) and is now gone; entries it
+    /// kept waiting hold from now on.
     Released,
-    /// The lease was not live: already released, expired or superseded.
+    /// The entry was not live: already released, expired or superseded.
     /// Nothing was changed.
     NotHeld,
 }
@@ -240,17 +430,45 @@ pub enum ReleaseOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct LeaseInfo {
-    /// The live holder, or `None` when the key is free.
+    /// The first live holder, or `None` when the key is free.
     pub holder: Option<Holder>,
-    /// The last fencing token minted for the key, when fencing is kept.
+    /// Every live holder, in the order they were granted.
+    pub holders: Vec<Holder>,
+    /// How many live entries wait.
+    pub waiting: usize,
+    /// The limit the key's live entries agreed on, when it has any.
+    pub limit: Option<u32>,
+    /// The largest fencing token minted (or reserved for a waiting entry)
+    /// for the key, when fencing is kept: every later grant's token is
+    /// larger.
     pub last_token: Option<FencingToken>,
 }
 
 impl LeaseInfo {
-    /// Information about a key with the given live holder (or none) and
-    /// last token (or none).
-    pub fn new(holder: Option<Holder>, last_token: Option<FencingToken>) -> Self {
-        Self { holder, last_token }
+    /// Information about a key with the given live holders (in grant
+    /// order) and last token (or none), nobody waiting.
+    pub fn new(holders: Vec<Holder>, last_token: Option<FencingToken>) -> Self {
+        Self {
+            holder: holders.first().cloned(),
+            holders,
+            waiting: 0,
+            limit: None,
+            last_token,
+        }
+    }
+
+    /// Sets how many live entries wait.
+    #[must_use]
+    pub fn with_waiting(mut self, waiting: usize) -> Self {
+        self.waiting = waiting;
+        self
+    }
+
+    /// Sets the key's limit.
+    #[must_use]
+    pub fn with_limit(mut self, limit: u32) -> Self {
+        self.limit = Some(limit);
+        self
     }
 }
 
@@ -267,8 +485,9 @@ pub struct Capabilities {
     pub max_key_len: usize,
     /// The most leases one [`renew`](crate::LeaseStore::renew) call takes.
     pub max_batch: usize,
-    /// Whether [`wait_for_change`](crate::LeaseStore::wait_for_change) is
-    /// woken by the store rather than only sleeping.
+    /// Whether [`wait_for_grant`](crate::LeaseStore::wait_for_grant) is
+    /// woken by the store (a release notifies the entry it promotes) rather
+    /// than only sleeping.
     pub native_wait: bool,
     /// Whether the store can mint fencing tokens.
     pub fencing: bool,

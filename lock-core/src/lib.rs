@@ -108,6 +108,7 @@
 
 mod calls;
 mod clock;
+mod core;
 mod error;
 mod guard;
 mod lease;
@@ -115,12 +116,14 @@ mod locker;
 mod memory;
 mod observe;
 mod options;
+mod queue;
 mod registry;
 mod scheduler;
 mod state;
 mod store;
 mod token;
 pub mod url;
+mod waiter;
 
 /// The attribute that implements [`LeaseStore`] (and the other async
 /// traits): a store needs no dependency beyond this crate.
@@ -129,7 +132,7 @@ pub use error::{LockError, StoreError, StoreErrorKind};
 pub use guard::{Lock, LockGuard, Warnings};
 pub use lease::{
     AcquireOutcome, AcquireRequest, Capabilities, Fencing, Grant, Holder, LeaseId, LeaseInfo,
-    ParseLeaseIdError, ReleaseOutcome, RenewEntry, RenewOutcome,
+    LockMode, ParseLeaseIdError, Queued, ReleaseOutcome, RenewEntry, RenewOutcome, WaitOutcome,
 };
 pub use locker::{LeaseLocker, Locker};
 pub use memory::MemoryStore;

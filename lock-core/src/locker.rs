@@ -1,26 +1,16 @@
 //! The users' trait and the generic locker every store shares.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::future::BoxFuture;
 use tokio::sync::oneshot;
-use tokio::time::Instant;
 
-use crate::calls::Calls;
-use crate::clock::Clock;
-use crate::guard::Link;
-use crate::observe;
-use crate::registry::Registry;
-use crate::scheduler::{self, Command, SchedulerHandle};
-use crate::state::{LockIdentity, LockState, SharedState};
-use crate::{
-    AcquireOutcome, AcquireRequest, Capabilities, LeaseId, LeaseInfo, LeaseStore, LockError,
-    LockGuard, LockerOptions, ReleaseOutcome, StoreError,
-};
+use crate::core::{Core, Kind};
+use crate::scheduler::Command;
+use crate::{Capabilities, LeaseInfo, LeaseStore, LockError, LockGuard, LockerOptions};
 
 /// Takes locks: the users' interface, object-safe so `Arc<dyn Locker>` can
 /// hold a locker whose store was picked at run time.
@@ -153,18 +143,6 @@ impl<S: LeaseStore> fmt::Debug for LeaseLocker<S> {
     }
 }
 
-struct Core<S: LeaseStore> {
-    /// Every store call goes through here.
-    calls: Calls<S>,
-    options: Arc<LockerOptions>,
-    capabilities: Capabilities,
-    clock: Clock,
-    closed: AtomicBool,
-    serials: AtomicU64,
-    registry: Arc<Registry>,
-    scheduler: OnceLock<SchedulerHandle>,
-}
-
 impl<S: LeaseStore> LeaseLocker<S> {
     /// A locker over `store`. Needs no runtime; the background task starts
     /// with the first acquisition.
@@ -186,18 +164,8 @@ impl<S: LeaseStore> LeaseLocker<S> {
     pub fn from_arc(store: Arc<S>, options: LockerOptions) -> Result<Self, LockError> {
         let capabilities = store.capabilities();
         options.check_against(&capabilities)?;
-        let clock = Clock::new(options.boot_clock.clone());
         Ok(Self {
-            core: Arc::new(Core {
-                calls: Calls::new(store, options.store_timeout()),
-                options: Arc::new(options),
-                capabilities,
-                clock,
-                closed: AtomicBool::new(false),
-                serials: AtomicU64::new(0),
-                registry: Arc::new(Registry::new()),
-                scheduler: OnceLock::new(),
-            }),
+            core: Arc::new(Core::new(store, options, capabilities)),
         })
     }
 
@@ -214,7 +182,13 @@ impl<S: LeaseStore> LeaseLocker<S> {
     /// How many locks the background task is renewing: those granted and
     /// not yet released, lost or expired.
     pub fn held_count(&self) -> usize {
-        self.core.registry.len()
+        self.core.registry.held()
+    }
+
+    /// How many `lock()` calls of this locker wait in their key's queue
+    /// (their entries are renewed with the held locks).
+    pub fn waiting_count(&self) -> usize {
+        self.core.registry.waiting()
     }
 
     /// Whether [`close`](Locker::close) was called.
@@ -223,230 +197,21 @@ impl<S: LeaseStore> LeaseLocker<S> {
     }
 }
 
-impl<S: LeaseStore> Core<S> {
-    fn scheduler(&self) -> Result<&SchedulerHandle, LockError> {
-        if let Some(handle) = self.scheduler.get() {
-            return Ok(handle);
-        }
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-            LockError::InvalidConfig("locks must be taken inside a Tokio runtime".into())
-        })?;
-        Ok(self.scheduler.get_or_init(|| {
-            scheduler::spawn(
-                &runtime,
-                self.calls.clone(),
-                self.options.clone(),
-                self.clock.clone(),
-                self.capabilities.max_batch,
-                self.registry.clone(),
-            )
-        }))
-    }
-
-    /// Releases a lease by id without waiting: through the background task,
-    /// or a spawned task once that has stopped.
-    fn release_detached(&self, key: String, lease_id: LeaseId) {
-        let command = Command::ReleaseLease { key, lease_id };
-        let command = match self.scheduler.get() {
-            Some(handle) => match handle.commands.send(command) {
-                Ok(()) => return,
-                Err(rejected) => rejected.0,
-            },
-            None => command,
-        };
-        let Command::ReleaseLease { key, lease_id } = command else {
-            return;
-        };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::warn!(key = %key, "no runtime to release a lease on; it ends with its ttl");
-            return;
-        };
-        let calls = self.calls.clone();
-        let fencing = self.options.fencing();
-        runtime.spawn(async move {
-            if let Err(error) = calls.release(&key, lease_id, fencing).await {
-                tracing::warn!(key = %key, %error, "background release failed; the lease ends with its ttl");
-            }
-        });
-    }
-
-    /// One acquisition attempt for an already validated key.
-    async fn acquire(self: &Arc<Self>, id: &str, key: String) -> Result<LockGuard, LockError> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(LockError::Closed);
-        }
-        // Starts the background task on this runtime before the first grant.
-        self.scheduler()?;
-        let lease_id = LeaseId::random();
-        let options = &self.options;
-        let request = AcquireRequest::new(&key, options.owner(), lease_id, options.lease())
-            .with_fencing(options.fencing());
-        // Until the grant is registered, a lost or abandoned reply means
-        // "maybe held": release by lease id.
-        let mut in_doubt = AcquireInDoubt {
-            core: self,
-            key: &key,
-            lease_id,
-            armed: true,
-        };
-        let sent = self.clock.now();
-        let outcome = match self.calls.acquire(request).await {
-            Ok(outcome) => outcome,
-            Err(error) => {
-                in_doubt.armed = error.is_ambiguous();
-                return Err(LockError::Store(error));
-            }
-        };
-        let grant = match outcome {
-            AcquireOutcome::Held(holder) => {
-                in_doubt.armed = false;
-                return Err(LockError::Taken {
-                    id: id.to_owned(),
-                    holder: Some(holder.owner),
-                    retry_after: holder.remaining,
-                });
-            }
-            AcquireOutcome::Acquired(grant) => grant,
-        };
-        if options.fencing().is_enabled() && grant.token.is_none() {
-            return Err(LockError::Store(
-                StoreError::new(
-                    crate::StoreErrorKind::Invalid,
-                    "the store granted a lease without the fencing token it was asked for",
-                )
-                .with_key(&key),
-            ));
-        }
-        if let Some(previous) = &grant.previous_owner {
-            observe::count("dlock_takeover_total", "", "");
-            tracing::info!(id, previous_owner = %previous, "took over an expired lease");
-        }
-        let serial = self.serials.fetch_add(1, Ordering::Relaxed);
-        let identity = LockIdentity {
-            serial,
-            id: id.to_owned(),
-            key: key.clone(),
-            lease_id,
-            token: grant.token,
-        };
-        let state: SharedState = Arc::new(LockState::new(identity, sent, grant.ttl, options));
-        if state.check_expired(self.clock.now()) {
-            return Err(LockError::Store(
-                StoreError::timeout("the grant arrived after its lease had run out").with_key(&key),
-            ));
-        }
-        if self.closed.load(Ordering::Acquire) || !self.registry.insert(state.clone()) {
-            return Err(LockError::Closed);
-        }
-        in_doubt.armed = false;
-        tracing::debug!(id, %lease_id, token = ?state.token, "lock acquired");
-        Ok(LockGuard::new(state, self.clone() as Arc<dyn Link>))
-    }
-}
-
-/// Releases an acquisition whose outcome is unknown, when dropped armed.
-struct AcquireInDoubt<'a, S: LeaseStore> {
-    core: &'a Core<S>,
-    key: &'a str,
-    lease_id: LeaseId,
-    armed: bool,
-}
-
-impl<S: LeaseStore> Drop for AcquireInDoubt<'_, S> {
-    fn drop(&mut self) {
-        if self.armed {
-            tracing::debug!(key = %self.key, "acquire abandoned; releasing in the background");
-            self.core
-                .release_detached(self.key.to_owned(), self.lease_id);
-        }
-    }
-}
-
-impl<S: LeaseStore> Link for Core<S> {
-    fn clock(&self) -> &Clock {
-        &self.clock
-    }
-
-    fn owner(&self) -> &str {
-        self.options.owner()
-    }
-
-    fn warnings_enabled(&self) -> bool {
-        self.options.warnings_enabled()
-    }
-
-    fn forget(&self, state: &SharedState) {
-        self.registry.remove(state.serial);
-    }
-
-    fn release_in_background(&self, state: &SharedState) {
-        self.registry.remove(state.serial);
-        self.release_detached(state.key.clone(), state.lease_id);
-    }
-
-    fn release_now<'a>(
-        &'a self,
-        state: &'a LockState,
-    ) -> BoxFuture<'a, Result<ReleaseOutcome, StoreError>> {
-        Box::pin(
-            self.calls
-                .release(&state.key, state.lease_id, self.options.fencing()),
-        )
-    }
-}
-
 #[async_trait]
 impl<S: LeaseStore> Locker for LeaseLocker<S> {
     async fn try_lock(&self, id: &str) -> Result<LockGuard, LockError> {
         let key = self.core.options.key_for(id, &self.core.capabilities)?;
-        self.core.acquire(id, key).await
+        self.core.try_acquire(id, &key, Kind::MUTEX).await
     }
 
     async fn lock(&self, id: &str, max_wait: Duration) -> Result<LockGuard, LockError> {
         let key = self.core.options.key_for(id, &self.core.capabilities)?;
         if max_wait.is_zero() {
-            return self.core.acquire(id, key).await;
+            return self.core.try_acquire(id, &key, Kind::MUTEX).await;
         }
-        let start = Instant::now();
-        let give_up = start + max_wait;
-        let mut backoff = Backoff::new(self.core.capabilities.native_wait);
-        loop {
-            let (holder, wait) = match self.core.acquire(id, key.clone()).await {
-                Ok(guard) => return Ok(guard),
-                Err(LockError::Taken {
-                    holder,
-                    retry_after,
-                    ..
-                }) => {
-                    let mut wait = backoff.next();
-                    if let Some(left) = retry_after {
-                        // Try again as soon as the store may have expired it.
-                        wait = wait.min(left + self.core.capabilities.ttl_granularity);
-                    }
-                    (holder, wait)
-                }
-                Err(LockError::Store(error)) if error.is_retryable() => {
-                    if Instant::now() >= give_up {
-                        return Err(LockError::Store(error));
-                    }
-                    tracing::debug!(id, %error, "acquire failed; retrying");
-                    (None, backoff.next())
-                }
-                Err(other) => return Err(other),
-            };
-            let now = Instant::now();
-            if now >= give_up {
-                return Err(LockError::Timeout {
-                    id: id.to_owned(),
-                    waited: now - start,
-                    holder,
-                });
-            }
-            let wait = wait.min(give_up - now);
-            // A store that overstays `max` must not stretch our deadline.
-            let _ = tokio::time::timeout(wait, self.core.calls.store().wait_for_change(&key, wait))
-                .await;
-        }
+        self.core
+            .acquire_in_line(id, &key, Kind::MUTEX, max_wait)
+            .await
     }
 
     async fn inspect(&self, id: &str) -> Result<Option<LeaseInfo>, LockError> {
@@ -480,33 +245,5 @@ impl<S: LeaseStore> Locker for LeaseLocker<S> {
 
     fn options(&self) -> &LockerOptions {
         &self.core.options
-    }
-}
-
-/// Jittered exponential backoff for re-polls while waiting.
-struct Backoff {
-    next: Duration,
-    cap: Duration,
-}
-
-impl Backoff {
-    fn new(native_wait: bool) -> Self {
-        Self {
-            next: Duration::from_millis(5),
-            // With notifications, polls only cover lost ones.
-            cap: if native_wait {
-                Duration::from_secs(1)
-            } else {
-                Duration::from_millis(250)
-            },
-        }
-    }
-
-    /// Somewhere in [d/2, d], then doubles d up to the cap.
-    fn next(&mut self) -> Duration {
-        let current = self.next;
-        self.next = (self.next * 2).min(self.cap);
-        let half = current / 2;
-        half + half.mul_f64(rand::random::<f64>())
     }
 }

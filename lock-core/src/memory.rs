@@ -1,6 +1,6 @@
 //! The in-memory reference store.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -10,16 +10,20 @@ use tokio::time::Instant;
 
 use crate::{
     AcquireOutcome, AcquireRequest, Capabilities, Fencing, FencingToken, Grant, Holder, LeaseId,
-    LeaseInfo, LeaseStore, ReleaseOutcome, RenewEntry, RenewOutcome, StoreError,
+    LeaseInfo, LeaseStore, LockMode, Queued, ReleaseOutcome, RenewEntry, RenewOutcome, StoreError,
+    WaitOutcome,
 };
 
 /// A complete [`LeaseStore`] in process memory: the reference every other
 /// store is measured against, and a fast store for tests and single-process
 /// programs. Clones share the same data.
 ///
-/// Time is tokio's clock, so tests with paused time drive its expiry.
-/// Fencing tokens come from a per-key counter kept across release, expiry
-/// and takeover (while fencing is enabled). Release wakes waiters at once.
+/// Each key is a queue of entries ordered by a per-key sequence number,
+/// which is also the fencing token (the counter is kept across release,
+/// expiry and takeover while fencing is enabled). Who holds is decided by
+/// position (see [`LeaseStore`]); a release or an expiry that promotes
+/// waiting entries wakes them at once. Time is tokio's clock, so tests with
+/// paused time drive its expiry.
 ///
 /// # Examples
 ///
@@ -50,21 +54,110 @@ struct Inner {
 
 #[derive(Debug, Default)]
 struct Slot {
-    lease: Option<Lease>,
-    last_token: u64,
+    /// Entries by sequence number; expired ones are purged at every
+    /// operation.
+    entries: BTreeMap<u64, Entry>,
+    /// The last sequence number handed out.
+    counter: u64,
+    /// The limit the live entries agreed on.
+    limit: u32,
+    /// The owner of the last holding entry that expired, until the key is
+    /// granted again or released.
+    expired_holder: Option<String>,
+    /// Woken whenever entries start holding.
     changed: Arc<Notify>,
 }
 
 #[derive(Debug)]
-struct Lease {
+struct Entry {
     owner: String,
     lease_id: LeaseId,
+    mode: LockMode,
     expires_at: Instant,
+    /// Whether the entry holds (holding never ends while the entry lives).
+    holding: bool,
 }
 
 impl Slot {
-    fn live_lease(&self, now: Instant) -> Option<&Lease> {
-        self.lease.as_ref().filter(|lease| lease.expires_at > now)
+    /// Drops expired entries and marks the entries that hold now; wakes
+    /// waiters when some started holding.
+    fn settle(&mut self, now: Instant) {
+        let expired: Vec<u64> = self
+            .entries
+            .iter()
+            .filter(|(_, entry)| entry.expires_at <= now)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in expired {
+            if let Some(entry) = self.entries.remove(&seq)
+                && entry.holding
+            {
+                self.expired_holder = Some(entry.owner);
+            }
+        }
+        if self.promote() {
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Marks every entry that holds by position; whether any started to.
+    fn promote(&mut self) -> bool {
+        let limit = usize::try_from(self.limit).unwrap_or(usize::MAX);
+        let mut exclusive = false;
+        let mut promoted = false;
+        for (ahead, entry) in self.entries.values_mut().enumerate() {
+            let holds = match entry.mode {
+                LockMode::Exclusive => ahead == 0,
+                LockMode::Shared => !exclusive && ahead < limit,
+            };
+            if !holds {
+                break;
+            }
+            exclusive |= entry.mode == LockMode::Exclusive;
+            promoted |= !entry.holding;
+            entry.holding = true;
+        }
+        promoted
+    }
+
+    /// Whether a new entry of `mode` at the end of the queue would hold.
+    fn would_hold(&self, mode: LockMode) -> bool {
+        match mode {
+            LockMode::Exclusive => self.entries.is_empty(),
+            LockMode::Shared => {
+                self.entries
+                    .values()
+                    .all(|entry| entry.mode == LockMode::Shared && entry.holding)
+                    && self.entries.len() < usize::try_from(self.limit).unwrap_or(usize::MAX)
+            }
+        }
+    }
+
+    fn find(&self, lease_id: LeaseId) -> Option<(u64, &Entry)> {
+        self.entries
+            .iter()
+            .find(|(_, entry)| entry.lease_id == lease_id)
+            .map(|(seq, entry)| (*seq, entry))
+    }
+
+    fn holders(&self, now: Instant) -> Vec<Holder> {
+        self.entries
+            .values()
+            .filter(|entry| entry.holding)
+            .map(|entry| {
+                Holder::new(entry.owner.clone())
+                    .with_remaining(entry.expires_at - now)
+                    .with_mode(entry.mode)
+            })
+            .collect()
+    }
+
+    /// How soon an entry before `seq` may expire.
+    fn retry_after(&self, seq: u64, now: Instant) -> Option<Duration> {
+        self.entries
+            .range(..seq)
+            .map(|(_, entry)| entry.expires_at - now)
+            .min()
     }
 }
 
@@ -106,30 +199,79 @@ impl MemoryStore {
     }
 }
 
+fn token(seq: u64, fencing: Fencing) -> Option<FencingToken> {
+    fencing.is_enabled().then(|| FencingToken::from(seq))
+}
+
 #[async_trait]
 impl LeaseStore for MemoryStore {
     async fn acquire(&self, request: AcquireRequest<'_>) -> Result<AcquireOutcome, StoreError> {
         let now = Instant::now();
         let mut keys = self.keys();
         let slot = keys.entry(request.key.to_owned()).or_default();
-        if let Some(lease) = slot.live_lease(now) {
-            return Ok(AcquireOutcome::Held(
-                Holder::new(lease.owner.clone()).with_remaining(lease.expires_at - now),
-            ));
+        slot.settle(now);
+        if let Some((seq, entry)) = slot.find(request.lease_id) {
+            // Sent again after a lost reply: answer the entry as it stands.
+            return Ok(if entry.holding {
+                let grant = Grant::new(request.ttl);
+                if let Some(entry) = slot.entries.get_mut(&seq) {
+                    entry.expires_at = now + request.ttl;
+                }
+                AcquireOutcome::Acquired(match token(seq, request.fencing) {
+                    Some(token) => grant.with_token(token),
+                    None => grant,
+                })
+            } else {
+                AcquireOutcome::Queued(Queued::new(request.queue.unwrap_or_default()))
+            });
         }
-        // A lease still recorded here expired without being released.
-        let previous = slot.lease.take().map(|lease| lease.owner);
-        slot.lease = Some(Lease {
-            owner: request.owner.to_owned(),
-            lease_id: request.lease_id,
-            expires_at: now + request.ttl,
-        });
+        if slot.entries.is_empty() {
+            slot.limit = request.limit;
+        } else if slot.limit != request.limit {
+            return Ok(AcquireOutcome::LimitMismatch { limit: slot.limit });
+        }
+        let holds = slot.would_hold(request.mode);
+        let first_holder = || slot.holders(now).into_iter().next();
+        let (expires_at, queued) = match (holds, request.queue) {
+            (true, _) => (now + request.ttl, None),
+            (false, Some(waiter_ttl)) => (now + waiter_ttl, Some(waiter_ttl)),
+            (false, None) => {
+                let holder = first_holder()
+                    .ok_or_else(|| StoreError::corrupt(request.key, "a queue without holder"))?;
+                return Ok(AcquireOutcome::Held(holder));
+            }
+        };
+        let holder = first_holder();
+        slot.counter += 1;
+        let seq = slot.counter;
+        slot.entries.insert(
+            seq,
+            Entry {
+                owner: request.owner.to_owned(),
+                lease_id: request.lease_id,
+                mode: request.mode,
+                expires_at,
+                holding: holds,
+            },
+        );
+        if let Some(waiter_ttl) = queued {
+            let mut queued = Queued::new(waiter_ttl);
+            if let Some(token) = token(seq, request.fencing) {
+                queued = queued.with_token(token);
+            }
+            if let Some(holder) = holder {
+                queued = queued.with_holder(holder);
+            }
+            if let Some(retry_after) = slot.retry_after(seq, now) {
+                queued = queued.with_retry_after(retry_after);
+            }
+            return Ok(AcquireOutcome::Queued(queued));
+        }
         let mut grant = Grant::new(request.ttl);
-        if request.fencing.is_enabled() {
-            slot.last_token += 1;
-            grant = grant.with_token(FencingToken::from(slot.last_token));
+        if let Some(token) = token(seq, request.fencing) {
+            grant = grant.with_token(token);
         }
-        if let Some(previous) = previous {
+        if let Some(previous) = slot.expired_holder.take() {
             grant = grant.with_previous_owner(previous);
         }
         Ok(AcquireOutcome::Acquired(grant))
@@ -144,17 +286,42 @@ impl LeaseStore for MemoryStore {
         let mut keys = self.keys();
         Ok(leases
             .iter()
-            .map(|entry| {
-                let lease = keys
-                    .get_mut(entry.key)
-                    .and_then(|slot| slot.lease.as_mut())
-                    .filter(|lease| lease.lease_id == entry.lease_id && lease.expires_at > now);
-                match lease {
-                    Some(lease) => {
-                        lease.expires_at = now + ttl;
+            .map(|renewal| {
+                let Some(slot) = keys.get_mut(renewal.key) else {
+                    return RenewOutcome::Lost;
+                };
+                slot.settle(now);
+                let Some((seq, entry)) = slot.find(renewal.lease_id) else {
+                    return RenewOutcome::Lost;
+                };
+                let holding = entry.holding;
+                let retry_after = slot.retry_after(seq, now);
+                let Some(entry) = slot.entries.get_mut(&seq) else {
+                    return RenewOutcome::Lost;
+                };
+                match (holding, renewal.wait_ttl) {
+                    (true, None) => {
+                        entry.expires_at = now + ttl;
                         RenewOutcome::Renewed { ttl }
                     }
-                    None => RenewOutcome::Lost,
+                    (true, Some(_)) => {
+                        entry.expires_at = now + ttl;
+                        RenewOutcome::Granted(Grant::new(ttl).with_token(FencingToken::from(seq)))
+                    }
+                    (false, Some(waiter_ttl)) => {
+                        entry.expires_at = now + waiter_ttl;
+                        RenewOutcome::Waiting {
+                            ttl: waiter_ttl,
+                            retry_after,
+                        }
+                    }
+                    // Renewed as held, but it waits: its holder is
+                    // mistaken; drop the entry rather than let it block.
+                    (false, None) => {
+                        slot.entries.remove(&seq);
+                        slot.settle(now);
+                        RenewOutcome::Lost
+                    }
                 }
             })
             .collect())
@@ -171,15 +338,16 @@ impl LeaseStore for MemoryStore {
         let Some(slot) = keys.get_mut(key) else {
             return Ok(ReleaseOutcome::NotHeld);
         };
-        let ours = slot
-            .live_lease(now)
-            .is_some_and(|lease| lease.lease_id == lease_id);
-        if !ours {
+        slot.settle(now);
+        let Some((seq, entry)) = slot.find(lease_id) else {
             return Ok(ReleaseOutcome::NotHeld);
+        };
+        if entry.holding {
+            slot.expired_holder = None;
         }
-        slot.lease = None;
-        slot.changed.notify_waiters();
-        if !fencing.is_enabled() {
+        slot.entries.remove(&seq);
+        slot.settle(now);
+        if !fencing.is_enabled() && slot.entries.is_empty() {
             keys.remove(key);
         }
         Ok(ReleaseOutcome::Released)
@@ -187,13 +355,18 @@ impl LeaseStore for MemoryStore {
 
     async fn inspect(&self, key: &str) -> Result<Option<LeaseInfo>, StoreError> {
         let now = Instant::now();
-        let keys = self.keys();
-        Ok(keys.get(key).map(|slot| {
-            let holder = slot.live_lease(now).map(|lease| {
-                Holder::new(lease.owner.clone()).with_remaining(lease.expires_at - now)
-            });
-            let token = (slot.last_token > 0).then(|| FencingToken::from(slot.last_token));
-            LeaseInfo::new(holder, token)
+        let mut keys = self.keys();
+        Ok(keys.get_mut(key).map(|slot| {
+            slot.settle(now);
+            let holders = slot.holders(now);
+            let waiting = slot.entries.len() - holders.len();
+            let token = (slot.counter > 0).then(|| FencingToken::from(slot.counter));
+            let info = LeaseInfo::new(holders, token).with_waiting(waiting);
+            if slot.entries.is_empty() {
+                info
+            } else {
+                info.with_limit(slot.limit)
+            }
         }))
     }
 
@@ -201,32 +374,45 @@ impl LeaseStore for MemoryStore {
         self.inner.capabilities.clone()
     }
 
-    async fn wait_for_change(&self, key: &str, max: Duration) {
-        let (changed, remaining) = {
-            let now = Instant::now();
-            let keys = self.keys();
-            let Some(slot) = keys.get(key) else { return };
-            let Some(lease) = slot.live_lease(now) else {
-                return;
+    async fn wait_for_grant(&self, key: &str, lease_id: LeaseId, max: Duration) -> WaitOutcome {
+        let deadline = Instant::now() + max;
+        loop {
+            // Where the entry stands, and what to wait on.
+            let check = || {
+                let now = Instant::now();
+                let mut keys = self.keys();
+                let Some(slot) = keys.get_mut(key) else {
+                    return Err(WaitOutcome::Changed);
+                };
+                slot.settle(now);
+                match slot.find(lease_id) {
+                    None => Err(WaitOutcome::Changed),
+                    Some((seq, entry)) if entry.holding => Err(WaitOutcome::Granted {
+                        token: Some(FencingToken::from(seq)),
+                    }),
+                    Some((seq, _)) => Ok((slot.changed.clone(), slot.retry_after(seq, now))),
+                }
             };
-            (slot.changed.clone(), lease.expires_at - now)
-        };
-        let notified = changed.notified();
-        tokio::pin!(notified);
-        // Register before re-checking, so a release in between is not missed.
-        notified.as_mut().enable();
-        {
-            let now = Instant::now();
-            let keys = self.keys();
-            if keys
-                .get(key)
-                .and_then(|slot| slot.live_lease(now))
-                .is_none()
-            {
-                return;
+            let (changed, retry_after) = match check() {
+                Ok(waiting) => waiting,
+                Err(outcome) => return outcome,
+            };
+            let notified = changed.notified();
+            tokio::pin!(notified);
+            // Registered before the second look, so no promotion is missed.
+            notified.as_mut().enable();
+            if let Err(outcome) = check() {
+                return outcome;
+            }
+            // An entry ahead expiring promotes without a notification.
+            let wake_at =
+                retry_after.map_or(deadline, |after| (Instant::now() + after).min(deadline));
+            if tokio::time::timeout_at(wake_at, notified).await.is_err() && wake_at >= deadline {
+                return match check() {
+                    Err(outcome) => outcome,
+                    Ok(_) => WaitOutcome::TimedOut,
+                };
             }
         }
-        // The lease ends by itself at `remaining` (expiry is not notified).
-        let _ = tokio::time::timeout(max.min(remaining), notified).await;
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! | metric | kind | labels |
 //! | --- | --- | --- |
-//! | `dlock_acquire_total` | counter | `outcome`: acquired, taken, error |
+//! | `dlock_acquire_total` | counter | `outcome`: acquired, taken, queued, limit_mismatch, error |
 //! | `dlock_takeover_total` | counter | |
 //! | `dlock_renew_calls_total` | counter | `outcome`: ok, error |
 //! | `dlock_lost_total` | counter | `reason`: deadline, store |

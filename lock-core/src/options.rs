@@ -41,6 +41,7 @@ pub struct LockerOptions {
     margin: Duration,
     store_timeout: Duration,
     fencing: Fencing,
+    waiter_ttl: Duration,
     pub(crate) boot_clock: Option<BootClockFn>,
 }
 
@@ -107,6 +108,15 @@ impl LockerOptions {
         self.fencing
     }
 
+    /// How long a waiting entry of [`Locker::lock`](crate::Locker::lock)
+    /// lives in the store's queue after its last renewal (default two
+    /// heartbeats, at most the lease). Waiting entries are renewed with the
+    /// held ones; an entry whose process died is skipped by the queue this
+    /// long after its last renewal, promoted or not.
+    pub fn waiter_ttl(&self) -> Duration {
+        self.waiter_ttl
+    }
+
     /// The local validity of a lease the store applied for `ttl`, counted
     /// from when its request was sent: `ttl * (1 - drift) - margin`.
     pub fn usable(&self, ttl: Duration) -> Duration {
@@ -119,6 +129,12 @@ impl LockerOptions {
             return Err(LockError::InvalidConfig(format!(
                 "lease {:?} is below this store's minimum ttl {:?}; set lease to at least {:?}",
                 self.lease, caps.min_ttl, caps.min_ttl
+            )));
+        }
+        if self.waiter_ttl < caps.min_ttl {
+            return Err(LockError::InvalidConfig(format!(
+                "waiter_ttl {:?} is below this store's minimum ttl {:?}; set waiter_ttl (and the lease) to at least {:?}",
+                self.waiter_ttl, caps.min_ttl, caps.min_ttl
             )));
         }
         if self.fencing.is_enabled() && !caps.fencing {
@@ -177,6 +193,7 @@ impl fmt::Debug for LockerOptions {
             .field("margin", &self.margin)
             .field("store_timeout", &self.store_timeout)
             .field("fencing", &self.fencing)
+            .field("waiter_ttl", &self.waiter_ttl)
             .finish_non_exhaustive()
     }
 }
@@ -229,6 +246,7 @@ pub struct LockerOptionsBuilder {
     margin: Option<Duration>,
     store_timeout: Option<Duration>,
     fencing: Option<bool>,
+    waiter_ttl: Option<Duration>,
     boot_clock: Option<BootClockFn>,
 }
 
@@ -321,6 +339,16 @@ impl LockerOptionsBuilder {
         self
     }
 
+    /// How long a waiting entry lives in the store's queue after its last
+    /// renewal. Default two heartbeats, at most the lease. It must outlast a
+    /// heartbeat plus the store timeout (after drift and margin), so that
+    /// a renewal round always reaches it in time.
+    #[must_use]
+    pub fn waiter_ttl(mut self, waiter_ttl: Duration) -> Self {
+        self.waiter_ttl = Some(waiter_ttl);
+        self
+    }
+
     /// Replaces the boot clock (time since boot, suspend included) used to
     /// detect system suspend. For tests that simulate a suspend.
     #[doc(hidden)]
@@ -406,6 +434,18 @@ impl LockerOptionsBuilder {
                 "warn_after {warn_after:?} must be longer than the heartbeat {heartbeat:?}, or every healthy lock warns before its renewal"
             ));
         }
+        let waiter_ttl = self
+            .waiter_ttl
+            .unwrap_or_else(|| (2 * heartbeat).min(lease));
+        if waiter_ttl.is_zero() {
+            return invalid("waiter_ttl must be longer than zero".into());
+        }
+        let usable_waiter_ttl = usable(waiter_ttl, drift, margin);
+        if heartbeat + store_timeout >= usable_waiter_ttl {
+            return invalid(format!(
+                "waiter_ttl {waiter_ttl:?} leaves {usable_waiter_ttl:?} after drift and margin, not more than heartbeat {heartbeat:?} plus store_timeout {store_timeout:?}: a waiting entry could expire between two renewals; use at least twice the heartbeat"
+            ));
+        }
         let owner = match self.owner {
             Some(owner) => owner,
             None => default_owner(),
@@ -439,6 +479,7 @@ impl LockerOptionsBuilder {
             } else {
                 Fencing::Disabled
             },
+            waiter_ttl,
             boot_clock: self.boot_clock,
         })
     }

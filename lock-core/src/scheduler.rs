@@ -18,8 +18,9 @@ use tokio_util::time::{DelayQueue, delay_queue};
 use crate::calls::Calls;
 use crate::clock::{Clock, Stamp};
 use crate::observe;
-use crate::registry::Registry;
+use crate::registry::{Registry, Tracked};
 use crate::state::{Renewal, SharedState, TimerEvent};
+use crate::waiter::Heard;
 use crate::{LeaseId, LeaseStore, LockerOptions, RenewEntry, RenewOutcome, StoreError};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -46,8 +47,8 @@ struct Armed {
     timer: delay_queue::Key,
 }
 
-/// One renewal call: the leases it carried and the store's answer.
-type BatchResult = (Vec<SharedState>, Result<Vec<RenewOutcome>, StoreError>);
+/// One renewal call: the entries it carried and the store's answer.
+type BatchResult = (Vec<Tracked>, Result<Vec<RenewOutcome>, StoreError>);
 
 struct RoundResult {
     sent: Stamp,
@@ -211,16 +212,27 @@ impl<S: LeaseStore> Scheduler<S> {
         self.closing = true;
         self.armed.clear();
         self.timers.clear();
-        for state in self.registry.close() {
-            if state.mark_released() {
-                self.release_later(state.key.clone(), state.lease_id);
+        for tracked in self.registry.close() {
+            match tracked {
+                Tracked::Held(state) => {
+                    if state.mark_released() {
+                        self.release_later(state.key.clone(), state.lease_id);
+                    }
+                }
+                Tracked::Waiting(waiter) => {
+                    waiter.close();
+                    self.release_later(waiter.key.clone(), waiter.lease_id);
+                }
             }
         }
     }
 
     /// Stops tracking a lock: out of the registry, its timer disarmed.
     fn untrack(&mut self, serial: u64) -> Option<SharedState> {
-        let state = self.registry.remove(serial);
+        let state = match self.registry.remove(serial) {
+            Some(Tracked::Held(state)) => Some(state),
+            _ => None,
+        };
         let armed = self.disarm(serial);
         state.or(armed)
     }
@@ -307,7 +319,7 @@ impl<S: LeaseStore> Scheduler<S> {
         };
         // Locks released since the last round lose their timers; new ones
         // get theirs.
-        let current: HashSet<u64> = tracked.iter().map(|state| state.serial).collect();
+        let current: HashSet<u64> = tracked.iter().map(Tracked::serial).collect();
         let gone: Vec<u64> = self
             .armed
             .keys()
@@ -318,42 +330,46 @@ impl<S: LeaseStore> Scheduler<S> {
             self.disarm(serial);
         }
         let mut live = Vec::with_capacity(tracked.len());
-        for state in tracked {
-            if state.check_expired(sent) {
-                self.expire(state.serial);
-                continue;
+        for entry in tracked {
+            if let Tracked::Held(state) = &entry {
+                if state.check_expired(sent) {
+                    self.expire(state.serial);
+                    continue;
+                }
+                if !self.armed.contains_key(&state.serial) {
+                    let timer = self.timers.insert_at(state.serial, state.next_event());
+                    self.armed.insert(
+                        state.serial,
+                        Armed {
+                            state: state.clone(),
+                            timer,
+                        },
+                    );
+                }
             }
-            if !self.armed.contains_key(&state.serial) {
-                let timer = self.timers.insert_at(state.serial, state.next_event());
-                self.armed.insert(
-                    state.serial,
-                    Armed {
-                        state: state.clone(),
-                        timer,
-                    },
-                );
-            }
-            live.push(state);
+            live.push(entry);
         }
         if live.is_empty() {
             return Round::NothingLive;
         }
-        let batches: Vec<Vec<SharedState>> = live
+        let batches: Vec<Vec<Tracked>> = live
             .chunks(self.max_batch)
-            .map(<[SharedState]>::to_vec)
+            .map(<[Tracked]>::to_vec)
             .collect();
         let calls = self.calls.clone();
         let ttl = self.options.lease();
-        tracing::trace!(locks = live.len(), batches = batches.len(), "renewing");
+        tracing::trace!(entries = live.len(), batches = batches.len(), "renewing");
         Round::Started(Box::pin(async move {
             let calls = batches.into_iter().map(|batch| {
                 let calls = calls.clone();
                 async move {
                     let entries: Vec<RenewEntry<'_>> = batch
                         .iter()
-                        .map(|state| RenewEntry {
-                            key: &state.key,
-                            lease_id: state.lease_id,
+                        .map(|tracked| match tracked {
+                            Tracked::Held(state) => RenewEntry::held(&state.key, state.lease_id),
+                            Tracked::Waiting(waiter) => {
+                                RenewEntry::waiting(&waiter.key, waiter.lease_id, waiter.waiter_ttl)
+                            }
                         })
                         .collect();
                     let result = calls.renew(&entries, ttl).await;
@@ -366,6 +382,40 @@ impl<S: LeaseStore> Scheduler<S> {
                 batches: join_all(calls).await,
             }
         }))
+    }
+
+    /// Applies one held lock's renewal outcome.
+    fn apply_renewal(
+        &mut self,
+        state: SharedState,
+        outcome: RenewOutcome,
+        sent: Stamp,
+        now: Stamp,
+    ) {
+        let ttl = match outcome {
+            RenewOutcome::Renewed { ttl } | RenewOutcome::Waiting { ttl, .. } => ttl,
+            RenewOutcome::Granted(grant) => grant.ttl,
+            _ => {
+                if state.mark_lost() {
+                    observe::count("dlock_lost_total", "reason", "store");
+                    tracing::warn!(id = %state.id, "lock lost: the store no longer has its lease");
+                }
+                self.untrack(state.serial);
+                return;
+            }
+        };
+        match state.renewed(sent, ttl, &self.options, now) {
+            Renewal::Applied { next_event } => {
+                if let Some(armed) = self.armed.get(&state.serial) {
+                    self.timers.reset_at(&armed.timer, next_event);
+                }
+            }
+            Renewal::TooLate => {
+                // Expiry is monotone: give the lease back.
+                self.untrack(state.serial);
+                self.release_later(state.key.clone(), state.lease_id);
+            }
+        }
     }
 
     /// Applies a renewal round; returns when the next round is due.
@@ -390,30 +440,33 @@ impl<S: LeaseStore> Scheduler<S> {
                     continue;
                 }
             };
-            for (state, outcome) in batch.into_iter().zip(outcomes) {
-                match outcome {
-                    RenewOutcome::Renewed { ttl } => {
-                        match state.renewed(round.sent, ttl, &self.options, now) {
-                            Renewal::Applied { next_event } => {
-                                if let Some(armed) = self.armed.get(&state.serial) {
-                                    self.timers.reset_at(&armed.timer, next_event);
-                                }
-                            }
-                            Renewal::TooLate => {
-                                // Expiry is monotone: give the lease back.
-                                self.untrack(state.serial);
-                                self.release_later(state.key.clone(), state.lease_id);
-                            }
-                        }
+            for (tracked, outcome) in batch.into_iter().zip(outcomes) {
+                let state = match tracked {
+                    Tracked::Held(state) => state,
+                    Tracked::Waiting(waiter) => {
+                        let heard = match &outcome {
+                            RenewOutcome::Waiting { .. } => Heard::Waiting { sent: round.sent },
+                            RenewOutcome::Granted(grant) => Heard::Granted {
+                                sent: round.sent,
+                                ttl: grant.ttl,
+                                token: grant.token.clone(),
+                            },
+                            RenewOutcome::Renewed { ttl } => Heard::Granted {
+                                sent: round.sent,
+                                ttl: *ttl,
+                                token: None,
+                            },
+                            _ => Heard::Lost,
+                        };
+                        // Still waiting: the call takes it from here.
+                        let Some(state) = waiter.hear(heard) else {
+                            continue;
+                        };
+                        // The call made it a held lock meanwhile.
+                        state
                     }
-                    RenewOutcome::Lost => {
-                        if state.mark_lost() {
-                            observe::count("dlock_lost_total", "reason", "store");
-                            tracing::warn!(id = %state.id, "lock lost: the store no longer has its lease");
-                        }
-                        self.untrack(state.serial);
-                    }
-                }
+                };
+                self.apply_renewal(state, outcome, round.sent, now);
             }
         }
         if failed {

@@ -183,22 +183,29 @@ impl ConnectionUrl {
         &self.original
     }
 
+    /// Whether the URL has a user-info part (`...@host`), even an empty one.
+    pub fn has_userinfo(&self) -> bool {
+        self.userinfo.is_some()
+    }
+
     /// The URL as given (secrets included) with its hosts replaced by
     /// `hosts`: how a test points a client at a proxy in front of its
     /// server.
     pub fn with_hosts<S: AsRef<str>>(&self, hosts: &[S]) -> String {
+        self.with_scheme_and_hosts(&self.scheme, hosts)
+    }
+
+    /// The URL as given (secrets included) with its scheme and hosts
+    /// replaced: how a cluster URL becomes one URL per node
+    /// (`redis+cluster://a,b` to `redis://a` and `redis://b`).
+    pub fn with_scheme_and_hosts<S: AsRef<str>>(&self, scheme: &str, hosts: &[S]) -> String {
         let hosts: Vec<&str> = hosts.iter().map(AsRef::as_ref).collect();
         let userinfo = self
             .userinfo
             .as_deref()
             .map(|userinfo| format!("{userinfo}@"))
             .unwrap_or_default();
-        format!(
-            "{}://{userinfo}{}{}",
-            self.scheme,
-            hosts.join(","),
-            self.tail
-        )
+        format!("{scheme}://{userinfo}{}{}", hosts.join(","), self.tail)
     }
 
     /// The URL as given (secrets included) with its path replaced by `path`
@@ -225,7 +232,7 @@ impl ConnectionUrl {
     /// and `Debug` output.
     pub fn redacted(&self) -> String {
         if !self.hierarchical {
-            return format!("{}:{}", self.scheme, redact_tail(&self.tail));
+            return format!("{}:{}", self.scheme, redact_opaque(&self.tail));
         }
         let userinfo = match &self.userinfo {
             None => String::new(),
@@ -270,7 +277,7 @@ pub fn redact(url: &str) -> String {
         return "<not a URL>".to_owned();
     };
     let Some(after_slashes) = rest.strip_prefix("//") else {
-        return format!("{scheme}:{}", redact_tail(rest));
+        return format!("{scheme}:{}", redact_opaque(rest));
     };
     // Unparsable hosts or encodings: hide the whole user-info part.
     let authority_end = after_slashes
@@ -310,6 +317,17 @@ fn split_scheme(url: &str) -> Option<(&str, &str)> {
 fn split_query(tail: &str) -> (&str, &str) {
     let tail = tail.split_once('#').map_or(tail, |(before, _)| before);
     tail.split_once('?').unwrap_or((tail, ""))
+}
+
+/// The part after `scheme:` of a URL without `//`: a `user:secret@`
+/// written there (`redis:u:pw@h`) is hidden along with secret query
+/// parameters.
+fn redact_opaque(rest: &str) -> String {
+    let path_end = rest.find(['?', '#']).unwrap_or(rest.len());
+    match rest[..path_end].rfind('@') {
+        Some(at) => format!("{HIDDEN}{}", redact_tail(&rest[at..])),
+        None => redact_tail(rest),
+    }
 }
 
 /// `tail` (path, query, fragment) with the values of secret query
@@ -382,9 +400,18 @@ fn percent_decode(text: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// The query's `name=value` pairs, percent-decoded like the rest of the
+/// URL (`+` stays `+`: file paths in options keep it); a part that does
+/// not decode is kept as written.
 fn decode_query(query: &str) -> Vec<(String, String)> {
-    ::url::form_urlencoded::parse(query.as_bytes())
-        .map(|(name, value)| (name.into_owned(), value.into_owned()))
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let decoded = |text: &str| percent_decode(text).unwrap_or_else(|| text.to_owned());
+            (decoded(name), decoded(value))
+        })
         .collect()
 }
 
@@ -486,6 +513,8 @@ mod tests {
                 assert!(!format!("{parsed:?}").contains(SECRET));
             }
         }
+        assert_eq!(redact("redis:u:S3CRET@h"), "redis:***@h");
+        assert_eq!(redact("sqlite:/a@b/x.db"), "sqlite:***@b/x.db");
         // Unparsable, but still redacted.
         assert_eq!(
             redact("postgres://u:S3CRET@h st/x?password=S3CRET"),

@@ -3,11 +3,15 @@
 //! [`StoreFactory`](crate::StoreFactory), uses keys of its own and can run
 //! in parallel with the others against one server.
 
+mod fair;
 mod locker;
+mod queue;
 mod race;
 mod store;
 
+pub use fair::*;
 pub use locker::*;
+pub use queue::*;
 pub use race::*;
 pub use store::*;
 
@@ -41,8 +45,16 @@ macro_rules! __for_each_case {
             fencing_tokens_increase_per_key_when_keys_interleave: Fencing,
             fencing_disabled_grants_without_a_token: Nothing,
             inspect_reports_holder_remaining_and_token: Nothing,
-            wait_for_change_wakes_on_release: NativeWait,
-            wait_for_change_returns_by_its_maximum: Nothing,
+            queue_grants_waiters_in_arrival_order: Fencing,
+            queue_release_and_ask_again_goes_behind_the_waiters: Nothing,
+            queue_dead_waiter_delays_by_at_most_its_waiter_ttl: Nothing,
+            queue_dead_holder_delays_by_at_most_its_ttl: Fencing,
+            queue_released_waiter_leaves_no_entry: Fencing,
+            queue_waiting_entries_renew_in_the_holders_batch: Nothing,
+            queue_retried_request_adds_no_second_entry: Nothing,
+            queue_refuses_a_limit_mismatch: Nothing,
+            wait_for_grant_hears_the_handoff: NativeWait,
+            wait_for_grant_returns_by_its_maximum: Nothing,
             weird_ids_are_stored_and_matched_exactly: Nothing,
             keys_of_the_maximum_length_work: Nothing,
             locker_try_lock_reports_the_holder: Nothing,
@@ -57,6 +69,12 @@ macro_rules! __for_each_case {
             locker_waiters_acquire_when_notifications_are_lost: Nothing,
             locker_cut_off_holder_warns_then_expires_before_the_store: Nothing,
             locker_stale_unlock_leaves_the_new_holder: Nothing,
+            locker_waiters_are_granted_in_arrival_order: Fencing,
+            locker_releasing_holder_goes_behind_the_waiters: Fencing,
+            locker_promoted_waiter_makes_no_acquire_call: Fencing,
+            locker_abandoned_waits_leave_no_entry: Nothing,
+            locker_dead_waiter_delays_the_queue_by_at_most_its_waiter_ttl: Nothing,
+            locker_waiting_entries_ride_the_renewal_batch: Nothing,
             contention_race_with_a_fenced_register: Fencing,
         }
     };

@@ -1,7 +1,5 @@
 //! Cases for the `LeaseStore` contract, through raw store calls.
 
-use std::time::Duration;
-
 use lock_core::{
     AcquireRequest, Fencing, LeaseId, LeaseStore, ReleaseOutcome, RenewEntry, RenewOutcome,
 };
@@ -94,13 +92,7 @@ pub async fn renew_extends_a_live_lease<F: StoreFactory>(factory: &F) {
     let (lease, first) = grant(&store, &key, "alice", ttl).await;
     tokio::time::sleep(first.ttl / 2).await;
     let outcomes = store
-        .renew(
-            &[RenewEntry {
-                key: &key,
-                lease_id: lease,
-            }],
-            ttl,
-        )
+        .renew(&[RenewEntry::held(&key, lease)], ttl)
         .await
         .unwrap();
     let RenewOutcome::Renewed { ttl: applied } = outcomes[0] else {
@@ -122,25 +114,13 @@ pub async fn renew_of_a_superseded_lease_is_lost<F: StoreFactory>(factory: &F) {
     let limit = first.ttl + expiry_slack(&caps);
     let (new, _) = grant_after_expiry(&store, &key, "bob", 10 * ttl, limit).await;
     let outcomes = store
-        .renew(
-            &[RenewEntry {
-                key: &key,
-                lease_id: old,
-            }],
-            ttl,
-        )
+        .renew(&[RenewEntry::held(&key, old)], ttl)
         .await
         .unwrap();
     assert_eq!(outcomes, vec![RenewOutcome::Lost]);
     assert_eq!(holder_of(&store, &key).await.as_deref(), Some("bob"));
     let outcomes = store
-        .renew(
-            &[RenewEntry {
-                key: &key,
-                lease_id: new,
-            }],
-            ttl,
-        )
+        .renew(&[RenewEntry::held(&key, new)], ttl)
         .await
         .unwrap();
     assert!(matches!(outcomes[0], RenewOutcome::Renewed { .. }));
@@ -160,13 +140,7 @@ pub async fn renew_of_an_expired_lease_is_lost<F: StoreFactory>(factory: &F) {
     })
     .await;
     let outcomes = store
-        .renew(
-            &[RenewEntry {
-                key: &key,
-                lease_id: lease,
-            }],
-            ttl,
-        )
+        .renew(&[RenewEntry::held(&key, lease)], ttl)
         .await
         .unwrap();
     assert_eq!(outcomes, vec![RenewOutcome::Lost]);
@@ -181,13 +155,7 @@ pub async fn renew_of_a_released_lease_is_lost<F: StoreFactory>(factory: &F) {
     let (lease, _) = grant(&store, &key, "alice", ttl).await;
     store.release(&key, lease, Fencing::Enabled).await.unwrap();
     let outcomes = store
-        .renew(
-            &[RenewEntry {
-                key: &key,
-                lease_id: lease,
-            }],
-            ttl,
-        )
+        .renew(&[RenewEntry::held(&key, lease)], ttl)
         .await
         .unwrap();
     assert_eq!(outcomes, vec![RenewOutcome::Lost]);
@@ -199,10 +167,7 @@ pub async fn renew_never_creates_a_lease<F: StoreFactory>(factory: &F) {
     let store = factory.connect().await;
     let ttl = short_ttl(&store.capabilities());
     let key = unique_key("renew_never_creates_a_lease");
-    let entries = [RenewEntry {
-        key: &key,
-        lease_id: LeaseId::random(),
-    }];
+    let entries = [RenewEntry::held(&key, LeaseId::random())];
     assert_eq!(
         store.renew(&entries, ttl).await.unwrap(),
         vec![RenewOutcome::Lost]
@@ -228,26 +193,11 @@ pub async fn renew_answers_a_mixed_batch_in_order<F: StoreFactory>(factory: &F) 
     let (_, _) = grant(&store, &keys[3], "bob", ttl).await;
     let (live_b, _) = grant(&store, &keys[4], "alice", ttl).await;
     let entries = [
-        RenewEntry {
-            key: &keys[0],
-            lease_id: live_a,
-        },
-        RenewEntry {
-            key: &keys[1],
-            lease_id: released,
-        },
-        RenewEntry {
-            key: &keys[2],
-            lease_id: LeaseId::random(),
-        },
-        RenewEntry {
-            key: &keys[3],
-            lease_id: LeaseId::random(),
-        },
-        RenewEntry {
-            key: &keys[4],
-            lease_id: live_b,
-        },
+        RenewEntry::held(&keys[0], live_a),
+        RenewEntry::held(&keys[1], released),
+        RenewEntry::held(&keys[2], LeaseId::random()),
+        RenewEntry::held(&keys[3], LeaseId::random()),
+        RenewEntry::held(&keys[4], live_b),
     ];
     let outcomes = store.renew(&entries, ttl).await.unwrap();
     let renewed: Vec<bool> = outcomes
@@ -274,10 +224,7 @@ pub async fn renew_takes_a_full_batch<F: StoreFactory>(factory: &F) {
     }
     let entries: Vec<RenewEntry<'_>> = held
         .iter()
-        .map(|(key, lease_id)| RenewEntry {
-            key,
-            lease_id: *lease_id,
-        })
+        .map(|(key, lease_id)| RenewEntry::held(key, *lease_id))
         .collect();
     let outcomes = store.renew(&entries, ttl).await.unwrap();
     assert_eq!(outcomes.len(), size);
@@ -317,13 +264,7 @@ pub async fn release_by_a_superseded_lease_changes_nothing<F: StoreFactory>(fact
     assert_eq!(outcome, ReleaseOutcome::NotHeld);
     assert_eq!(holder_of(&store, &key).await.as_deref(), Some("bob"));
     let outcomes = store
-        .renew(
-            &[RenewEntry {
-                key: &key,
-                lease_id: new,
-            }],
-            ttl,
-        )
+        .renew(&[RenewEntry::held(&key, new)], ttl)
         .await
         .unwrap();
     assert!(matches!(outcomes[0], RenewOutcome::Renewed { .. }));
@@ -470,53 +411,6 @@ pub async fn inspect_reports_holder_remaining_and_token<F: StoreFactory>(factory
         );
     }
     assert_eq!(info.last_token, grant.token);
-}
-
-/// With native waits, a release wakes a waiter long before its maximum.
-pub async fn wait_for_change_wakes_on_release<F: StoreFactory>(factory: &F) {
-    let store = factory.connect().await;
-    let waiter = factory.connect().await;
-    let ttl = 30 * short_ttl(&store.capabilities());
-    let key = unique_key("wait_for_change_wakes_on_release");
-    let (lease, _) = grant(&store, &key, "alice", ttl).await;
-    let max = Duration::from_secs(20);
-    let start = Instant::now();
-    let wait = waiter.wait_for_change(&key, max);
-    let release = async {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        store.release(&key, lease, Fencing::Enabled).await.unwrap();
-    };
-    tokio::join!(wait, release);
-    assert!(
-        start.elapsed() < Duration::from_secs(5),
-        "woke after {:?}",
-        start.elapsed()
-    );
-}
-
-/// A wait on a held key returns by its maximum (and one on a free key
-/// returns at once or by its maximum).
-pub async fn wait_for_change_returns_by_its_maximum<F: StoreFactory>(factory: &F) {
-    let store = factory.connect().await;
-    let ttl = 30 * short_ttl(&store.capabilities());
-    let key = unique_key("wait_for_change_returns_by_its_maximum");
-    grant(&store, &key, "alice", ttl).await;
-    let max = Duration::from_millis(300);
-    let start = Instant::now();
-    store.wait_for_change(&key, max).await;
-    assert!(
-        start.elapsed() < max + Duration::from_secs(1),
-        "{:?}",
-        start.elapsed()
-    );
-    let free = unique_key("free");
-    let start = Instant::now();
-    store.wait_for_change(&free, max).await;
-    assert!(
-        start.elapsed() < max + Duration::from_secs(1),
-        "{:?}",
-        start.elapsed()
-    );
 }
 
 /// Ids with quotes, wildcards of SQL, glob and Redis patterns, braces (hash

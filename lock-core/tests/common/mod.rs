@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use lock_core::{
     AcquireOutcome, AcquireRequest, Capabilities, Fencing, LeaseId, LeaseInfo, LeaseLocker,
     LeaseStore, LockerOptions, LockerOptionsBuilder, MemoryStore, ReleaseOutcome, RenewEntry,
-    RenewOutcome, StoreError,
+    RenewOutcome, StoreError, WaitOutcome,
 };
 
 #[derive(Debug, Default)]
@@ -25,6 +25,8 @@ pub struct FaultyStore {
     pub renew_reply_delay: Mutex<Duration>,
     /// Acquisitions reach the store at once; their reply comes this much later.
     pub acquire_reply_delay: Mutex<Duration>,
+    /// Waits hear nothing: every notification is lost.
+    pub lose_notifications: AtomicBool,
     pub acquire_calls: AtomicUsize,
     pub renew_calls: AtomicUsize,
     pub renewed_entries: AtomicUsize,
@@ -104,8 +106,12 @@ impl LeaseStore for FaultyStore {
         self.inner.capabilities()
     }
 
-    async fn wait_for_change(&self, key: &str, max: Duration) {
-        self.inner.wait_for_change(key, max).await;
+    async fn wait_for_grant(&self, key: &str, lease_id: LeaseId, max: Duration) -> WaitOutcome {
+        if self.lose_notifications.load(Ordering::SeqCst) {
+            tokio::time::sleep(max).await;
+            return WaitOutcome::TimedOut;
+        }
+        self.inner.wait_for_grant(key, lease_id, max).await
     }
 }
 
