@@ -68,6 +68,7 @@ pub(crate) struct Inner {
 impl fmt::Debug for EtcdStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EtcdStore")
+            .field("url", &self.inner.config.redacted_url())
             .field("endpoints", &self.inner.config.endpoints)
             .field("namespace", &self.inner.layout.namespace())
             .field("user", &self.inner.config.user_name())
