@@ -5,12 +5,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lock_core::url::redact;
 use lock_core::{StoreError, StoreErrorKind};
 
 use crate::conn::{Conn, ConnSettings};
 use crate::store::{Inner, RedisStore};
-use crate::target::Target;
+use crate::target::{Target, redact_url};
 use crate::waiters::Waiters;
 
 /// The default key prefix.
@@ -52,7 +51,7 @@ pub struct RedisStoreBuilder {
 impl fmt::Debug for RedisStoreBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStoreBuilder")
-            .field("url", &redact(&self.url))
+            .field("url", &redact_url(&self.url))
             .field("prefix", &self.prefix)
             .field("max_batch", &self.max_batch)
             .field("connect_timeout", &self.connect_timeout)

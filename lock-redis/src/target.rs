@@ -32,7 +32,7 @@ impl std::fmt::Debug for Target {
                 .debug_struct("Cluster")
                 .field(
                     "nodes",
-                    &nodes.iter().map(|n| redact(n)).collect::<Vec<_>>(),
+                    &nodes.iter().map(|n| redact_url(n)).collect::<Vec<_>>(),
                 )
                 .field("tls", tls)
                 .finish(),
@@ -64,7 +64,7 @@ impl Target {
             Ok(_) => return Err(not_a_url()),
             // A scheme but a bad host or encoding: say what is wrong.
             Err(error) if url.contains("://") => {
-                return Err(invalid(format!("{}: {}", redact(url), error.message())));
+                return Err(invalid(format!("{}: {}", redact_url(url), error.message())));
             }
             Err(_) => return Err(not_a_url()),
         };
@@ -116,6 +116,21 @@ impl Target {
         match self {
             Self::Single { url, .. } | Self::Cluster { url, .. } => url.redacted(),
         }
+    }
+}
+
+/// [`redact`], except that a string without `//` after its scheme shows
+/// as `<not a URL>`: `redact` shows the part after `scheme:` of such a
+/// string, which holds the password when the `//` was forgotten
+/// (`redis:user:password@host`).
+pub(crate) fn redact_url(url: &str) -> String {
+    let hierarchical = url
+        .split_once(':')
+        .is_some_and(|(_, rest)| rest.starts_with("//"));
+    if hierarchical {
+        redact(url)
+    } else {
+        "<not a URL>".to_owned()
     }
 }
 
@@ -190,6 +205,7 @@ mod tests {
             let error = Target::parse(bad).unwrap_err();
             assert_eq!(error.kind(), StoreErrorKind::Invalid);
             assert!(!format!("{error} {error:?}").contains("hunter2"), "{error}");
+            assert!(!redact_url(bad).contains("hunter2"), "{}", redact_url(bad));
         }
     }
 }
