@@ -21,8 +21,10 @@ use crate::registry::Registry;
 /// their size, so effectively none.
 const MAX_BATCH: usize = 1 << 20;
 
-/// A [`LeaseStore`] on etcd: locks are keys attached to the store's own etcd
-/// leases, fencing tokens are the keys' create revisions, waits are watches.
+/// A [`LeaseStore`](lock_core::LeaseStore) on etcd: locks are keys
+/// attached to the store's own etcd leases, fencing tokens are the keys'
+/// create revisions, waits are watches. `Debug` shows the URL it was
+/// connected with, secrets hidden.
 ///
 /// Cloning gives another handle on the same session (same connection, same
 /// etcd leases). See the [crate documentation](crate) for the layout in
