@@ -3,6 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use lock_core::url::{ConnectionUrl, redact};
 use lock_core::{StoreError, StoreErrorKind};
 
 /// The namespace used when none is given.
@@ -16,7 +17,9 @@ const DEFAULT_PORT: u16 = 2379;
 /// namespace, optional user and password, optional TLS, timeouts.
 ///
 /// Build one with [`EtcdConfig::new`] or parse a URL with
-/// [`EtcdConfig::from_url`]. `Debug` never shows the password.
+/// [`EtcdConfig::from_url`]. `Debug` never shows the password (nor any
+/// other secret of the URL, which it shows redacted through
+/// [`lock_core::url`]).
 ///
 /// # Examples
 ///
@@ -45,6 +48,8 @@ pub struct EtcdConfig {
     pub(crate) request_timeout: Duration,
     pub(crate) min_ttl: Option<Duration>,
     pub(crate) lease_slack: Duration,
+    /// The URL the settings were read from, if any: shown redacted.
+    pub(crate) url: Option<ConnectionUrl>,
 }
 
 impl EtcdConfig {
@@ -69,6 +74,7 @@ impl EtcdConfig {
             request_timeout: Duration::from_secs(5),
             min_ttl: None,
             lease_slack: DEFAULT_LEASE_SLACK,
+            url: None,
         }
     }
 
@@ -79,8 +85,10 @@ impl EtcdConfig {
     /// etcds://...   (the same, over TLS)
     /// ```
     ///
-    /// User, password and namespace are percent-decoded. The namespace is
-    /// the path without its leading `/` (default [`DEFAULT_NAMESPACE`]).
+    /// The URL is read by [`ConnectionUrl`]: user, password and namespace
+    /// are percent-decoded, option values as in forms (`+` is a space).
+    /// The namespace is the path without its leading `/` (default
+    /// [`DEFAULT_NAMESPACE`]).
     /// Options: `tls=true|false`, `ca=PATH` (CA certificate, PEM),
     /// `cert=PATH` and `key=PATH` (client identity, PEM), `domain=NAME`
     /// (server name to verify), `connect_timeout_ms=N`,
@@ -91,76 +99,57 @@ impl EtcdConfig {
     /// # Errors
     ///
     /// A [`StoreError`] of kind [`Invalid`](StoreErrorKind::Invalid) naming
-    /// what is wrong (never repeating the password), or when a certificate
-    /// file cannot be read.
+    /// what is wrong (never repeating the password: a URL in the message is
+    /// redacted), or when a certificate file cannot be read.
     pub fn from_url(url: &str) -> Result<Self, StoreError> {
-        let (tls_scheme, rest) = if let Some(rest) = url.strip_prefix("etcd://") {
-            (false, rest)
-        } else if let Some(rest) = url.strip_prefix("etcds://") {
-            (true, rest)
-        } else {
-            return Err(invalid(
-                "an etcd URL starts with etcd:// or etcds:// (for TLS)",
-            ));
+        let parsed = match ConnectionUrl::parse(url) {
+            Ok(parsed) => parsed,
+            // An etcd URL with a bad host or encoding: say what is wrong.
+            Err(error) if has_etcd_scheme(url) => {
+                return Err(invalid(format!(
+                    "invalid etcd URL {}: {}",
+                    redact(url),
+                    error.message()
+                )));
+            }
+            Err(_) => return Err(not_etcd()),
         };
-        let (rest, query) = match rest.split_once('?') {
-            Some((rest, query)) => (rest, Some(query)),
-            None => (rest, None),
+        let tls_scheme = match parsed.scheme() {
+            "etcd" => false,
+            "etcds" => true,
+            _ => return Err(not_etcd()),
         };
-        let (authority, path) = match rest.find('/') {
-            Some(slash) => (&rest[..slash], Some(&rest[slash + 1..])),
-            None => (rest, None),
-        };
-        let (userinfo, hosts) = match authority.rfind('@') {
-            Some(at) => (Some(&authority[..at]), &authority[at + 1..]),
-            None => (None, authority),
-        };
-        let endpoints: Vec<String> = hosts
-            .split(',')
-            .map(str::trim)
-            .filter(|host| !host.is_empty())
-            .map(normalize_endpoint)
+        if !parsed.is_hierarchical() {
+            return Err(not_etcd());
+        }
+        let endpoints: Vec<String> = parsed
+            .hosts()
+            .iter()
+            .map(|host| normalize_endpoint(host))
             .collect();
         if endpoints.is_empty() {
             return Err(invalid("the etcd URL names no host"));
         }
         let mut config = Self::new(endpoints);
-        if let Some(userinfo) = userinfo {
-            let (user, password) = match userinfo.split_once(':') {
-                Some((user, password)) => (user, password),
-                None => (userinfo, ""),
-            };
-            let user = percent_decode(user)
-                .ok_or_else(|| invalid("the user name is not valid percent-encoded UTF-8"))?;
-            let password = percent_decode(password)
-                .ok_or_else(|| invalid("the password is not valid percent-encoded UTF-8"))?;
-            if user.is_empty() {
+        match (parsed.username(), parsed.password()) {
+            (Some(user), password) => config = config.user(user, password.unwrap_or("")),
+            (None, Some(_)) => {
                 return Err(invalid("the etcd URL has credentials without a user name"));
             }
-            config = config.user(user, password);
+            (None, None) => {}
         }
-        if let Some(path) = path.filter(|path| !path.is_empty()) {
-            let namespace = percent_decode(path)
-                .ok_or_else(|| invalid("the namespace is not valid percent-encoded UTF-8"))?;
+        let namespace = parsed.path().strip_prefix('/').unwrap_or(parsed.path());
+        if !namespace.is_empty() {
             config = config.namespace(namespace);
         }
         let mut tls = tls_scheme;
         let mut tls_settings = EtcdTls::new();
-        for pair in query
-            .unwrap_or("")
-            .split('&')
-            .filter(|pair| !pair.is_empty())
-        {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let value = percent_decode(value).ok_or_else(|| {
-                invalid(format!(
-                    "option {name:?} is not valid percent-encoded UTF-8"
-                ))
-            })?;
+        for (name, value) in parsed.query() {
+            let name = name.as_str();
             match name {
-                "tls" => tls = parse_bool(name, &value)?,
+                "tls" => tls = parse_bool(name, value)?,
                 "ca" => {
-                    tls_settings = tls_settings.ca_certificate_pem(read_file(name, &value)?);
+                    tls_settings = tls_settings.ca_certificate_pem(read_file(name, value)?);
                     tls = true;
                 }
                 "cert" | "key" => {
@@ -168,22 +157,22 @@ impl EtcdConfig {
                     tls = true;
                 }
                 "domain" => {
-                    tls_settings = tls_settings.domain_name(value);
+                    tls_settings = tls_settings.domain_name(value.clone());
                     tls = true;
                 }
                 "connect_timeout_ms" => {
                     config =
-                        config.connect_timeout(Duration::from_millis(parse_number(name, &value)?));
+                        config.connect_timeout(Duration::from_millis(parse_number(name, value)?));
                 }
                 "request_timeout_ms" => {
                     config =
-                        config.request_timeout(Duration::from_millis(parse_number(name, &value)?));
+                        config.request_timeout(Duration::from_millis(parse_number(name, value)?));
                 }
                 "min_ttl_s" => {
-                    config = config.min_ttl(Duration::from_secs(parse_number(name, &value)?));
+                    config = config.min_ttl(Duration::from_secs(parse_number(name, value)?));
                 }
                 "lease_slack_s" => {
-                    config = config.lease_slack(Duration::from_secs(parse_number(name, &value)?));
+                    config = config.lease_slack(Duration::from_secs(parse_number(name, value)?));
                 }
                 other => {
                     return Err(invalid(format!(
@@ -192,16 +181,10 @@ impl EtcdConfig {
                 }
             }
         }
-        let option = |wanted: &str| {
-            query.unwrap_or("").split('&').find_map(|pair| {
-                let (name, value) = pair.split_once('=')?;
-                (name == wanted).then(|| percent_decode(value)).flatten()
-            })
-        };
-        match (option("cert"), option("key")) {
+        match (parsed.query_value("cert"), parsed.query_value("key")) {
             (Some(cert), Some(key)) => {
                 tls_settings = tls_settings
-                    .client_identity_pem(read_file("cert", &cert)?, read_file("key", &key)?);
+                    .client_identity_pem(read_file("cert", cert)?, read_file("key", key)?);
             }
             (None, None) => {}
             _ => return Err(invalid("a client identity needs both cert= and key=")),
@@ -209,6 +192,7 @@ impl EtcdConfig {
         if tls {
             config = config.tls(tls_settings);
         }
+        config.url = Some(parsed);
         Ok(config)
     }
 
@@ -295,11 +279,18 @@ impl EtcdConfig {
     pub fn user_name(&self) -> Option<&str> {
         self.user.as_ref().map(|(user, _)| user.as_str())
     }
+
+    /// The URL these settings were read from, secrets hidden (`None` for
+    /// settings built in code).
+    pub(crate) fn redacted_url(&self) -> Option<String> {
+        self.url.as_ref().map(ConnectionUrl::redacted)
+    }
 }
 
 impl fmt::Debug for EtcdConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EtcdConfig")
+            .field("url", &self.redacted_url())
             .field("endpoints", &self.endpoints)
             .field("namespace", &self.namespace)
             .field("user", &self.user_name())
@@ -381,6 +372,18 @@ fn invalid(message: impl Into<String>) -> StoreError {
     StoreError::new(StoreErrorKind::Invalid, message)
 }
 
+fn not_etcd() -> StoreError {
+    invalid("an etcd URL starts with etcd:// or etcds:// (for TLS)")
+}
+
+/// Whether `url` starts with `etcd://` or `etcds://`, in any case.
+fn has_etcd_scheme(url: &str) -> bool {
+    ["etcd://", "etcds://"].iter().any(|scheme| {
+        url.get(..scheme.len())
+            .is_some_and(|start| start.eq_ignore_ascii_case(scheme))
+    })
+}
+
 /// `host:port` from `host`, `host:port`, `http://host:port` or
 /// `https://host:port/`.
 fn normalize_endpoint(endpoint: &str) -> String {
@@ -403,23 +406,6 @@ fn normalize_endpoint(endpoint: &str) -> String {
     } else {
         format!("{endpoint}:{DEFAULT_PORT}")
     }
-}
-
-fn percent_decode(input: &str) -> Option<String> {
-    let bytes = input.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = input.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 fn parse_bool(name: &str, value: &str) -> Result<bool, StoreError> {
@@ -477,6 +463,23 @@ mod tests {
         assert!(config.tls.is_some());
         assert_eq!(config.endpoints(), ["https://host:1"]);
         assert_eq!(EtcdConfig::new(["http://a:1/"]).endpoints, ["a:1"]);
+    }
+
+    #[test]
+    fn keeps_the_other_url_forms() {
+        let config = EtcdConfig::from_url("etcd://u@h/a+b%20c/").unwrap();
+        assert_eq!(config.user_name(), Some("u"));
+        assert_eq!(config.user.as_ref().map(|(_, p)| p.0.as_str()), Some(""));
+        assert_eq!(config.namespace, "a+b c/");
+        let config = EtcdConfig::from_url("etcds://h?tls=false&connect_timeout_ms=7").unwrap();
+        assert!(config.tls.is_none());
+        assert_eq!(config.connect_timeout, Duration::from_millis(7));
+        let config = EtcdConfig::from_url("etcd://h?domain=example.org").unwrap();
+        assert!(config.tls.is_some());
+        let error = EtcdConfig::from_url("etcd://h?cert=/a.pem").unwrap_err();
+        assert!(error.message().contains("both cert= and key="), "{error}");
+        let error = EtcdConfig::from_url("etcd:h:1").unwrap_err();
+        assert!(error.message().contains("starts with etcd://"), "{error}");
     }
 
     #[test]

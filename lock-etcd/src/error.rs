@@ -14,7 +14,8 @@ use tonic::Code;
 ///   (retryable, may have applied);
 /// - `ResourceExhausted` ("too many requests"): `Busy` (retryable, not
 ///   applied);
-/// - `Unauthenticated`, `PermissionDenied`: `Auth`;
+/// - `Unauthenticated`, `PermissionDenied`, and etcd's "authentication
+///   failed" (an `InvalidArgument`): `Auth`;
 /// - `InvalidArgument`, `FailedPrecondition`, `OutOfRange`, `NotFound`,
 ///   `AlreadyExists`, `Unimplemented`, bad endpoints: `Invalid`;
 /// - anything else: `Other`.
@@ -64,6 +65,8 @@ fn kind_of_status(code: Code, message: &str) -> StoreErrorKind {
         Code::DeadlineExceeded => StoreErrorKind::Timeout,
         Code::ResourceExhausted => StoreErrorKind::Busy,
         Code::Unauthenticated | Code::PermissionDenied => StoreErrorKind::Auth,
+        // etcd refuses a wrong user or password as an invalid argument.
+        Code::InvalidArgument if message.contains("authentication failed") => StoreErrorKind::Auth,
         Code::InvalidArgument
         | Code::FailedPrecondition
         | Code::OutOfRange
@@ -128,6 +131,13 @@ mod tests {
             ),
             (
                 status(Code::PermissionDenied, "etcdserver: permission denied"),
+                StoreErrorKind::Auth,
+            ),
+            (
+                status(
+                    Code::InvalidArgument,
+                    "etcdserver: authentication failed, invalid user ID or password",
+                ),
                 StoreErrorKind::Auth,
             ),
             (

@@ -215,7 +215,10 @@ mod conn;
 mod error;
 mod layout;
 mod lease;
+mod ops;
+mod registry;
 mod store;
+mod sweep;
 
 pub use config::{DEFAULT_NAMESPACE, EtcdConfig, EtcdTls};
 pub use store::EtcdStore;

@@ -12,7 +12,8 @@ use redis::{ErrorKind, RedisError, ServerErrorKind};
 /// - response timeouts: `Timeout` (retryable);
 /// - `BUSY`, `LOADING`, `TRYAGAIN`, `CLUSTERDOWN`, `MASTERDOWN`, and a
 ///   `NOSCRIPT` the script runner could not resolve: `Busy` (retryable);
-/// - refused credentials or permissions (`NOAUTH`, `WRONGPASS`, `NOPERM`):
+/// - refused credentials or permissions (`NOAUTH`, `WRONGPASS`, `NOPERM`,
+///   also when the Cluster client reports them as a failure to connect):
 ///   `Auth`;
 /// - a bad URL or client set-up, `CROSSSLOT`: `Invalid`;
 /// - anything else (a script error, an unexpected reply): `Other`.
@@ -34,6 +35,15 @@ fn classify(error: &RedisError) -> StoreErrorKind {
         return StoreErrorKind::Timeout;
     }
     match error.kind() {
+        // The Cluster client reports refused credentials of every seed node
+        // as an I/O failure to connect.
+        ErrorKind::Io
+            if error.detail().is_some_and(|detail| {
+                detail.contains("WRONGPASS") || detail.contains("NOAUTH")
+            }) =>
+        {
+            StoreErrorKind::Auth
+        }
         ErrorKind::Io | ErrorKind::ClusterConnectionNotFound => StoreErrorKind::Unavailable,
         ErrorKind::AuthenticationFailed => StoreErrorKind::Auth,
         ErrorKind::InvalidClientConfig
@@ -102,5 +112,19 @@ mod tests {
         assert!(!mapped.is_retryable());
         let auth: RedisError = (ErrorKind::AuthenticationFailed, "no").into();
         assert_eq!(kind_of(auth), StoreErrorKind::Auth);
+        let cluster_auth: RedisError = (
+            ErrorKind::Io,
+            "Failed to create initial connections",
+            "\"WRONGPASS\": invalid username-password pair or user is disabled.".to_owned(),
+        )
+            .into();
+        assert_eq!(kind_of(cluster_auth), StoreErrorKind::Auth);
+        let cluster_down: RedisError = (
+            ErrorKind::Io,
+            "Failed to create initial connections",
+            "Connection refused (os error 111)".to_owned(),
+        )
+            .into();
+        assert_eq!(kind_of(cluster_down), StoreErrorKind::Unavailable);
     }
 }

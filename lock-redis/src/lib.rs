@@ -158,11 +158,16 @@
 //! (debug).
 #![forbid(unsafe_code)]
 
+mod batch;
+mod builder;
+mod conn;
 mod error;
 mod keys;
+mod ops;
 mod store;
-mod url;
+mod target;
 mod waiters;
 
+pub use builder::{DEFAULT_MAX_BATCH, DEFAULT_PREFIX, RedisStoreBuilder};
 pub use keys::RedisKeys;
-pub use store::{DEFAULT_MAX_BATCH, DEFAULT_PREFIX, RedisStore, RedisStoreBuilder};
+pub use store::RedisStore;

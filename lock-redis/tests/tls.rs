@@ -1,5 +1,6 @@
 //! `rediss://` against a redis-server with TLS and a private CA (made with
-//! the `openssl` command), started for this test on a free loopback port.
+//! the `openssl` command), started for this test on a free loopback port;
+//! passwords in `rediss://` URLs stay hidden.
 
 mod common;
 
@@ -173,7 +174,45 @@ async fn rediss_urls_connect_over_tls_with_a_private_ca() {
             .await
             .unwrap_err();
         assert!(!error.to_string().is_empty());
+
+        secrets_stay_hidden(port, &ca).await;
         server.kill().await.unwrap();
     })
     .await;
+}
+
+/// A password in a `rediss://` URL shows in no `Debug` output and no error:
+/// for a store that connected, refused credentials, and a refused server
+/// certificate.
+async fn secrets_stay_hidden(port: u16, ca: &[u8]) {
+    const SECRET: &str = "S3CRET-pw";
+    let hidden = |url: &str, shown: String| {
+        assert!(!shown.contains(SECRET), "{url} shows the secret: {shown}");
+    };
+    for url in [
+        format!("rediss://{SECRET}@localhost:{port}"),
+        format!("rediss://:{SECRET}@localhost:{port}"),
+        format!("rediss://localhost:{port}/?password={SECRET}"),
+    ] {
+        let store = RedisStore::builder(&url)
+            .tls_root_certificate(ca.to_vec())
+            .connect()
+            .await
+            .expect(&url);
+        hidden(&url, format!("{store:?}"));
+    }
+    let url = format!("rediss://user:{SECRET}@localhost:{port}");
+    let error = RedisStore::builder(&url)
+        .tls_root_certificate(ca.to_vec())
+        .connect()
+        .await
+        .expect_err(&url);
+    assert_eq!(error.kind(), lock_core::StoreErrorKind::Auth, "{error}");
+    hidden(&url, format!("{error} {error:?}"));
+    let error = RedisStore::builder(&url)
+        .connect_timeout(Duration::from_secs(1))
+        .connect()
+        .await
+        .expect_err(&url);
+    hidden(&url, format!("{error} {error:?}"));
 }
