@@ -128,6 +128,7 @@ impl<S: LeaseStore> Core<S> {
         AcquireRequest::new(key, self.options.owner(), lease_id, self.options.lease())
             .with_fencing(self.options.fencing())
             .with_mode(kind.mode, kind.limit)
+            .with_max_clock_skew(self.options.max_clock_skew())
     }
 
     /// One attempt that never queues, for an already validated key.

@@ -89,6 +89,10 @@ impl Fencing {
     }
 }
 
+/// The default of [`LockerOptions::max_clock_skew`](crate::LockerOptions::max_clock_skew):
+/// 10 s, as the library dlock descends from.
+pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(10);
+
 /// How an entry holds its key: alone, or together with other shared entries
 /// up to the key's limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -147,6 +151,12 @@ pub struct AcquireRequest<'a> {
     /// the key's queue as a waiting entry that expires `waiter_ttl` after
     /// its last renewal. `None`: hold at once or add nothing.
     pub queue: Option<Duration>,
+    /// How far clients' wall clocks may be apart, for stores whose expiry
+    /// follows the clients' clocks ([`ExpiryClock::Client`]): an entry
+    /// counts as expired for this request only once the requester's clock
+    /// is this much past its `expires_at`. A store may record it with the
+    /// entry for the entry's later renewals. Store-clock backends ignore it.
+    pub max_clock_skew: Duration,
 }
 
 impl<'a> AcquireRequest<'a> {
@@ -162,7 +172,15 @@ impl<'a> AcquireRequest<'a> {
             mode: LockMode::Exclusive,
             limit: 1,
             queue: None,
+            max_clock_skew: DEFAULT_MAX_CLOCK_SKEW,
         }
+    }
+
+    /// Sets the clock skew allowed between clients (client-clock stores).
+    #[must_use]
+    pub fn with_max_clock_skew(mut self, skew: Duration) -> Self {
+        self.max_clock_skew = skew;
+        self
     }
 
     /// Sets the mode and the key's limit (at least 1).
@@ -491,6 +509,26 @@ pub struct Capabilities {
     pub native_wait: bool,
     /// Whether the store can mint fencing tokens.
     pub fencing: bool,
+    /// Whose clock decides expiry: the store's own (every store that can
+    /// read its clock inside a conditional write), or the clients' wall
+    /// clocks within [`LockerOptions::max_clock_skew`](crate::LockerOptions::max_clock_skew).
+    pub clock: ExpiryClock,
+}
+
+/// Whose clock decides when an entry has expired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum ExpiryClock {
+    /// The store's own clock, read in the same atomic step as each
+    /// decision; clients' clocks are never compared.
+    #[default]
+    Store,
+    /// The clients' wall clocks: a grant records `expires_at` by the
+    /// granting client's clock, and another client treats the entry as
+    /// expired only once its own clock is past `expires_at +
+    /// max_clock_skew`. Sound while every client's clock is within
+    /// `max_clock_skew` of the others' (NTP, chrony, Amazon Time Sync).
+    Client,
 }
 
 impl Capabilities {
@@ -504,6 +542,7 @@ impl Capabilities {
             max_batch: 1000,
             native_wait: false,
             fencing: true,
+            clock: ExpiryClock::Store,
         }
     }
 
@@ -546,6 +585,13 @@ impl Capabilities {
     #[must_use]
     pub fn with_fencing(mut self, value: bool) -> Self {
         self.fencing = value;
+        self
+    }
+
+    /// Sets [`Capabilities::clock`].
+    #[must_use]
+    pub fn with_clock(mut self, clock: ExpiryClock) -> Self {
+        self.clock = clock;
         self
     }
 }

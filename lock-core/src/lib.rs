@@ -65,7 +65,13 @@
 //! # Differences from the library dlock descends from
 //!
 //! - No synchronized clocks and no "max clock skew": takeover waits only for
-//!   the store's own expiry.
+//!   the store's own expiry. The one exception is a store that cannot read
+//!   its clock inside a conditional write (DynamoDB,
+//!   [`ExpiryClock::Client`]): it keeps the original's rule, with
+//!   [`LockerOptions::max_clock_skew`] (default 10 s).
+//! - Waiting is fair: [`Locker::lock`] lines up in a first-come,
+//!   first-served queue kept by the store, which hands the lock to the next
+//!   in line in the release's own step.
 //! - Fencing is on by default (off only on request), tokens are arbitrary
 //!   precision and strictly increase across release, expiry and takeover.
 //! - Unlock reports store errors (the lock counts as released either way)
@@ -131,8 +137,9 @@ pub use async_trait::async_trait;
 pub use error::{LockError, StoreError, StoreErrorKind};
 pub use guard::{Lock, LockGuard, Warnings};
 pub use lease::{
-    AcquireOutcome, AcquireRequest, Capabilities, Fencing, Grant, Holder, LeaseId, LeaseInfo,
-    LockMode, ParseLeaseIdError, Queued, ReleaseOutcome, RenewEntry, RenewOutcome, WaitOutcome,
+    AcquireOutcome, AcquireRequest, Capabilities, DEFAULT_MAX_CLOCK_SKEW, ExpiryClock, Fencing,
+    Grant, Holder, LeaseId, LeaseInfo, LockMode, ParseLeaseIdError, Queued, ReleaseOutcome,
+    RenewEntry, RenewOutcome, WaitOutcome,
 };
 pub use locker::{LeaseLocker, Locker};
 pub use memory::MemoryStore;

@@ -11,6 +11,8 @@ use crate::{Capabilities, Fencing, LockError};
 pub const MAX_KEY_LEN: usize = 1024;
 /// The longest owner name in bytes.
 pub const MAX_OWNER_LEN: usize = 256;
+/// The largest [`LockerOptions::max_clock_skew`] accepted.
+const MAX_CLOCK_SKEW_LIMIT: Duration = Duration::from_secs(3600);
 
 /// Validated options of a [`LeaseLocker`](crate::LeaseLocker). Built by
 /// [`LockerOptions::builder`]; [`LockerOptions::default`] gives the defaults.
@@ -42,6 +44,7 @@ pub struct LockerOptions {
     store_timeout: Duration,
     fencing: Fencing,
     waiter_ttl: Duration,
+    max_clock_skew: Duration,
     pub(crate) boot_clock: Option<BootClockFn>,
 }
 
@@ -106,6 +109,15 @@ impl LockerOptions {
     /// Whether grants carry fencing tokens (default enabled).
     pub fn fencing(&self) -> Fencing {
         self.fencing
+    }
+
+    /// How far apart the clients' wall clocks may be, for stores whose
+    /// expiry follows them ([`ExpiryClock::Client`](crate::ExpiryClock),
+    /// DynamoDB): another client takes over an expired lease only once its
+    /// own clock is this much past the lease's end (default 10 s, as the
+    /// library dlock descends from). Store-clock backends ignore it.
+    pub fn max_clock_skew(&self) -> Duration {
+        self.max_clock_skew
     }
 
     /// How long a waiting entry of [`Locker::lock`](crate::Locker::lock)
@@ -194,6 +206,7 @@ impl fmt::Debug for LockerOptions {
             .field("store_timeout", &self.store_timeout)
             .field("fencing", &self.fencing)
             .field("waiter_ttl", &self.waiter_ttl)
+            .field("max_clock_skew", &self.max_clock_skew)
             .finish_non_exhaustive()
     }
 }
@@ -247,6 +260,7 @@ pub struct LockerOptionsBuilder {
     store_timeout: Option<Duration>,
     fencing: Option<bool>,
     waiter_ttl: Option<Duration>,
+    max_clock_skew: Option<Duration>,
     boot_clock: Option<BootClockFn>,
 }
 
@@ -349,6 +363,17 @@ impl LockerOptionsBuilder {
         self
     }
 
+    /// How far apart the clients' wall clocks may be, for stores whose
+    /// expiry follows them (DynamoDB). Default 10 s. Keep clocks
+    /// synchronized (NTP, chrony, Amazon Time Sync) well within it: a client
+    /// whose clock runs further ahead can take over a live lease (fencing
+    /// tokens still protect a fenced resource).
+    #[must_use]
+    pub fn max_clock_skew(mut self, skew: Duration) -> Self {
+        self.max_clock_skew = Some(skew);
+        self
+    }
+
     /// Replaces the boot clock (time since boot, suspend included) used to
     /// detect system suspend. For tests that simulate a suspend.
     #[doc(hidden)]
@@ -446,6 +471,14 @@ impl LockerOptionsBuilder {
                 "waiter_ttl {waiter_ttl:?} leaves {usable_waiter_ttl:?} after drift and margin, not more than heartbeat {heartbeat:?} plus store_timeout {store_timeout:?}: a waiting entry could expire between two renewals; use at least twice the heartbeat"
             ));
         }
+        let max_clock_skew = self
+            .max_clock_skew
+            .unwrap_or(crate::lease::DEFAULT_MAX_CLOCK_SKEW);
+        if max_clock_skew > MAX_CLOCK_SKEW_LIMIT {
+            return invalid(format!(
+                "max_clock_skew {max_clock_skew:?} is more than an hour: with clocks that far apart, synchronize them (NTP, chrony) instead"
+            ));
+        }
         let owner = match self.owner {
             Some(owner) => owner,
             None => default_owner(),
@@ -480,6 +513,7 @@ impl LockerOptionsBuilder {
                 Fencing::Disabled
             },
             waiter_ttl,
+            max_clock_skew,
             boot_clock: self.boot_clock,
         })
     }
