@@ -17,7 +17,7 @@ use crate::scheduler::{self, Command, SchedulerHandle};
 use crate::state::{LockIdentity, LockState, SharedState};
 use crate::{
     AcquireOutcome, AcquireRequest, Capabilities, FencingToken, LeaseId, LeaseStore, LockError,
-    LockGuard, LockMode, LockerOptions, ReleaseOutcome, StoreError, StoreErrorKind,
+    LockGuard, LockKind, LockMode, LockerOptions, ReleaseOutcome, StoreError, StoreErrorKind,
 };
 
 /// What kind of entry a request adds to its key's queue.
@@ -28,11 +28,11 @@ pub(crate) struct Kind {
 }
 
 impl Kind {
-    /// A mutex: exclusive, limit 1.
-    pub(crate) const MUTEX: Kind = Kind {
-        mode: LockMode::Exclusive,
-        limit: 1,
-    };
+    /// The entry a request of `kind` adds.
+    pub(crate) fn of(kind: LockKind) -> Result<Self, LockError> {
+        let (mode, limit) = kind.mode_and_limit()?;
+        Ok(Self { mode, limit })
+    }
 }
 
 pub(crate) struct Core<S: LeaseStore> {

@@ -204,7 +204,9 @@ pub enum LockError {
     /// another size, or a mutex, semaphore and reader-writer lock mixed on
     /// one id).
     #[error(
-        "lock {id:?} is in use with limit {existing}, not {requested}: every holder and waiter of one id must ask for the same number of permits (a mutex is 1)"
+        "lock {id:?} is in use as {}, not as {}: every holder and waiter of one id must take the same kind of lock with the same number of permits",
+        crate::kind::describe_limit(*.existing),
+        crate::kind::describe_limit(*.requested)
     )]
     LimitMismatch {
         /// The lock id asked for.

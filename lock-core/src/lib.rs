@@ -117,6 +117,7 @@ mod clock;
 mod core;
 mod error;
 mod guard;
+mod kind;
 mod lease;
 mod locker;
 mod memory;
@@ -136,6 +137,7 @@ mod waiter;
 pub use async_trait::async_trait;
 pub use error::{LockError, StoreError, StoreErrorKind};
 pub use guard::{Lock, LockGuard, Warnings};
+pub use kind::{LockKind, RwLock, Semaphore};
 pub use lease::{
     AcquireOutcome, AcquireRequest, Capabilities, DEFAULT_MAX_CLOCK_SKEW, ExpiryClock, Fencing,
     Grant, Holder, LeaseId, LeaseInfo, LockMode, ParseLeaseIdError, Queued, ReleaseOutcome,

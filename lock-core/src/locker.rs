@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 
 use crate::core::{Core, Kind};
 use crate::scheduler::Command;
-use crate::{Capabilities, LeaseInfo, LeaseStore, LockError, LockGuard, LockerOptions};
+use crate::{Capabilities, LeaseInfo, LeaseStore, LockError, LockGuard, LockKind, LockerOptions};
 
 /// Takes locks: the users' interface, object-safe so `Arc<dyn Locker>` can
 /// hold a locker whose store was picked at run time.
@@ -55,8 +55,46 @@ pub trait Locker: Send + Sync {
     /// Cancel-safe, as [`try_lock`](Locker::try_lock).
     async fn lock(&self, id: &str, max_wait: Duration) -> Result<LockGuard, LockError>;
 
-    /// What the store knows about the lock `id`: holder, remaining time,
-    /// last fencing token. `None` when the store has never seen it.
+    /// One attempt to take the lock `id` as `kind`: a mutex, a permit of a
+    /// semaphore, or a side of a reader-writer lock. Holds at once or fails
+    /// with [`LockError::Taken`]: it never queues, and an id with waiters is
+    /// not free. [`try_lock`](Locker::try_lock) is this with
+    /// [`LockKind::Exclusive`]; [`Semaphore`](crate::Semaphore) and
+    /// [`RwLock`](crate::RwLock) are handles over it.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_lock`](Locker::try_lock), and
+    /// [`LockError::LimitMismatch`] when the id's holders and waiters use
+    /// another kind or number of permits, [`LockError::InvalidConfig`] for
+    /// a semaphore of 0 permits.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe, as [`try_lock`](Locker::try_lock).
+    async fn try_acquire(&self, id: &str, kind: LockKind) -> Result<LockGuard, LockError>;
+
+    /// Takes the lock `id` as `kind`, waiting in the id's first-come,
+    /// first-served queue up to `max_wait`. [`lock`](Locker::lock) is this
+    /// with [`LockKind::Exclusive`].
+    ///
+    /// # Errors
+    ///
+    /// As [`lock`](Locker::lock) and [`try_acquire`](Locker::try_acquire).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe, as [`lock`](Locker::lock).
+    async fn acquire(
+        &self,
+        id: &str,
+        kind: LockKind,
+        max_wait: Duration,
+    ) -> Result<LockGuard, LockError>;
+
+    /// What the store knows about the lock `id`: its holders with their
+    /// remaining time, how many wait, its last fencing token. `None` when
+    /// the store has never seen it.
     ///
     /// # Errors
     ///
@@ -200,18 +238,31 @@ impl<S: LeaseStore> LeaseLocker<S> {
 #[async_trait]
 impl<S: LeaseStore> Locker for LeaseLocker<S> {
     async fn try_lock(&self, id: &str) -> Result<LockGuard, LockError> {
-        let key = self.core.options.key_for(id, &self.core.capabilities)?;
-        self.core.try_acquire(id, &key, Kind::MUTEX).await
+        self.try_acquire(id, LockKind::Exclusive).await
     }
 
     async fn lock(&self, id: &str, max_wait: Duration) -> Result<LockGuard, LockError> {
+        self.acquire(id, LockKind::Exclusive, max_wait).await
+    }
+
+    async fn try_acquire(&self, id: &str, kind: LockKind) -> Result<LockGuard, LockError> {
         let key = self.core.options.key_for(id, &self.core.capabilities)?;
+        let kind = Kind::of(kind)?;
+        self.core.try_acquire(id, &key, kind).await
+    }
+
+    async fn acquire(
+        &self,
+        id: &str,
+        kind: LockKind,
+        max_wait: Duration,
+    ) -> Result<LockGuard, LockError> {
+        let key = self.core.options.key_for(id, &self.core.capabilities)?;
+        let kind = Kind::of(kind)?;
         if max_wait.is_zero() {
-            return self.core.try_acquire(id, &key, Kind::MUTEX).await;
+            return self.core.try_acquire(id, &key, kind).await;
         }
-        self.core
-            .acquire_in_line(id, &key, Kind::MUTEX, max_wait)
-            .await
+        self.core.acquire_in_line(id, &key, kind, max_wait).await
     }
 
     async fn inspect(&self, id: &str) -> Result<Option<LeaseInfo>, LockError> {

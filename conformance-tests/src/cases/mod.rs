@@ -4,12 +4,14 @@
 //! in parallel with the others against one server.
 
 mod fair;
+mod kinds;
 mod locker;
 mod queue;
 mod race;
 mod store;
 
 pub use fair::*;
+pub use kinds::*;
 pub use locker::*;
 pub use queue::*;
 pub use race::*;
@@ -75,6 +77,13 @@ macro_rules! __for_each_case {
             locker_abandoned_waits_leave_no_entry: Nothing,
             locker_dead_waiter_delays_the_queue_by_at_most_its_waiter_ttl: Nothing,
             locker_waiting_entries_ride_the_renewal_batch: Nothing,
+            semaphore_never_has_more_holders_than_permits: Fencing,
+            semaphore_grants_permits_in_arrival_order: Fencing,
+            semaphore_dead_holder_frees_its_permit_within_its_lease: Nothing,
+            rwlock_readers_share_and_a_writer_holds_alone: Nothing,
+            rwlock_a_waiting_writer_is_not_starved_by_readers: Nothing,
+            mixed_kinds_on_one_id_are_refused: Nothing,
+            inspect_shows_every_holder_and_how_many_wait: Nothing,
             contention_race_with_a_fenced_register: Fencing,
         }
     };
