@@ -180,6 +180,7 @@ impl<S: LeaseStore> Core<S> {
         let mut polls = Backoff::new(Duration::from_millis(5), Duration::from_millis(250));
         let granularity = self.capabilities.ttl_granularity;
         let mut hint = queued.retry_after;
+        let mut failures = Backoff::new(Duration::from_millis(5), Duration::from_secs(1));
         let store = self.calls.store();
         loop {
             if let Some(turn) = waiter.decided_turn() {
@@ -247,9 +248,20 @@ impl<S: LeaseStore> Core<S> {
                 // The entry lives on until its waiter ttl; the rounds and
                 // the next poll try again.
                 Err(error) => {
-                    tracing::debug!(key = %waiter.key, %error, "polling a waiting entry failed")
+                    tracing::debug!(key = %waiter.key, %error, "polling a waiting entry failed");
+                    // A store that fails fast must not be asked in a tight
+                    // loop: pause before the next poll.
+                    let pause = failures
+                        .next()
+                        .min(give_up.saturating_duration_since(Instant::now()));
+                    tokio::select! {
+                        () = waiter.decided.notified() => {}
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                    continue;
                 }
             }
+            failures = Backoff::new(Duration::from_millis(5), Duration::from_secs(1));
         }
     }
 }
