@@ -1,7 +1,11 @@
 //! dlock: leased, fenced distributed locks, opened from a URL.
 //!
-//! This crate re-exports everything of [`lock_core`] and adds [`open`],
-//! which picks a backend by the URL's scheme:
+//! This crate re-exports everything of [`lock_core`] (the [`url`] module
+//! included: where secrets hide in connection URLs, and how they are kept
+//! out of messages), each backend crate behind its cargo feature
+//! ([`sqlite`], [`postgres`], [`redis`], [`etcd`]), and adds [`open`] and
+//! [`open_store`], which pick a backend by the URL's scheme, and
+//! [`Opener`] for the settings a URL does not carry:
 //!
 //! | URL | backend | cargo feature |
 //! | --- | --- | --- |
@@ -11,6 +15,11 @@
 //! | `redis+cluster://host:port,host:port`, `rediss+cluster://` | `lock_redis::RedisStore`, a Redis Cluster | `redis` |
 //! | `etcd://[user:pass@]host:port[,host:port...][/namespace]`, `etcds://` (TLS) | `lock_etcd::EtcdStore` | `etcd` |
 //! | `memory:` | [`MemoryStore`], this process only | always |
+//!
+//! Opening waits at most the connect timeout for the backend (by default
+//! the locker's store timeout, 1 s), and an unreachable backend is reported
+//! with its cause. No error, log line or `Debug` output of this crate shows
+//! a password, wherever the URL carries it.
 //!
 //! # Examples
 //!
@@ -26,12 +35,61 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! The store itself, to wrap it (with metrics, say) before building a
+//! locker on it:
+//!
+//! ```no_run
+//! use dlock::{LeaseLocker, LockerOptions};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = dlock::Opener::new("postgres://app@db.internal/app")
+//!     .table("job_locks")
+//!     .open_store()
+//!     .await?;
+//! let locker = LeaseLocker::new(store, LockerOptions::default())?;
+//! # Ok(())
+//! # }
+//! ```
 #![forbid(unsafe_code)]
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use lock_core::*;
+
+/// The etcd backend: the `lock-etcd` crate.
+#[cfg(feature = "etcd")]
+pub use lock_etcd as etcd;
+/// The PostgreSQL backend: the `lock-postgres` crate.
+#[cfg(feature = "postgres")]
+pub use lock_postgres as postgres;
+/// The Redis backend: the `lock-redis` crate.
+#[cfg(feature = "redis")]
+pub use lock_redis as redis;
+/// The SQLite backend: the `lock-sqlite` crate.
+#[cfg(feature = "sqlite")]
+pub use lock_sqlite as sqlite;
+
+/// `url` with its secrets hidden, for errors and `Debug`:
+/// [`url::redact`], but only the scheme of a `scheme:rest` URL whose rest
+/// holds an `@`: `user:password@host`, its scheme forgotten, reads as the
+/// opaque URL `user:...`, whose password `redact` would not know to hide.
+fn redact(url: &str) -> String {
+    match url.split_once(':') {
+        Some((scheme, rest))
+            if is_scheme(scheme) && !rest.starts_with("//") && rest.contains('@') =>
+        {
+            format!("{scheme}:***")
+        }
+        _ => url::redact(url),
+    }
+}
+
+/// The connect timeout of [`Opener::open_store`] when none is set: the
+/// locker's default store timeout.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The backends [`open`] knows, whether or not their feature is enabled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,18 +129,27 @@ impl Backend {
         }
     }
 
+    /// Whether the backend keeps its locks in a table
+    /// ([`Opener::table`]).
+    pub fn has_table(self) -> bool {
+        matches!(self, Self::Sqlite | Self::Postgres)
+    }
+
     /// The backend of `url`, by its scheme.
     ///
     /// # Errors
     ///
-    /// [`OpenError::UnknownScheme`] or [`OpenError::InvalidUrl`].
+    /// [`OpenError::UnknownScheme`], or [`OpenError::Invalid`] when `url`
+    /// has no scheme.
     pub fn of_url(url: &str) -> Result<Self, OpenError> {
-        let Some((scheme, _)) = url.split_once(':') else {
-            return Err(OpenError::InvalidUrl {
+        let scheme = url
+            .split_once(':')
+            .map(|(scheme, _)| scheme)
+            .filter(|scheme| is_scheme(scheme))
+            .ok_or_else(|| OpenError::Invalid {
                 url: redact(url),
                 reason: "no scheme (expected e.g. sqlite:PATH or postgres://...)".into(),
-            });
-        };
+            })?;
         match scheme.to_ascii_lowercase().as_str() {
             "memory" => Ok(Self::Memory),
             "sqlite" => Ok(Self::Sqlite),
@@ -98,6 +165,13 @@ impl Backend {
     }
 }
 
+/// A URL scheme: a letter, then letters, digits, `+`, `-` and `.`.
+fn is_scheme(text: &str) -> bool {
+    let mut chars = text.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+}
+
 impl fmt::Display for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -110,13 +184,14 @@ impl fmt::Display for Backend {
     }
 }
 
-/// Why [`open`] failed.
+/// Why [`open`], [`open_store`] or an [`Opener`] failed. Neither `Display`
+/// nor `Debug` shows a password.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum OpenError {
     /// The URL's scheme names no backend.
     #[error(
-        "unknown backend scheme {scheme:?}: use sqlite:PATH, postgres://..., redis://..., redis+cluster://..., or memory:"
+        "unknown backend scheme {scheme:?}: use sqlite:PATH, postgres://..., redis://..., redis+cluster://..., etcd://..., or memory:"
     )]
     UnknownScheme {
         /// The scheme found.
@@ -132,15 +207,17 @@ pub enum OpenError {
         /// The feature to enable.
         feature: &'static str,
     },
-    /// The URL does not parse for its backend (printed without password).
-    #[error("invalid backend URL {url}: {reason}")]
-    InvalidUrl {
-        /// The URL, password redacted.
+    /// The URL, or a setting such as the table name, cannot be used: a
+    /// mistake of the caller's.
+    #[error("cannot use the backend {url}: {reason}")]
+    Invalid {
+        /// The URL, secrets replaced by `***`.
         url: String,
         /// What is wrong.
         reason: String,
     },
-    /// The backend could not be reached or set up.
+    /// The backend could not be reached, refused the credentials, or could
+    /// not be set up.
     #[error("cannot open {backend} backend: {source}")]
     Store {
         /// The backend.
@@ -148,68 +225,270 @@ pub enum OpenError {
         /// What the store said.
         source: StoreError,
     },
-    /// The options do not fit the backend.
+    /// The locker options do not fit the backend.
     #[error(transparent)]
     Options(#[from] LockError),
 }
 
 /// Opens a locker on the backend `url` names (see the crate docs for the
-/// forms), with `options`.
+/// forms), with `options`; connecting waits at most the options' store
+/// timeout. [`Opener`] sets a table or another connect timeout.
 ///
 /// # Errors
 ///
 /// [`OpenError`]: an unknown scheme, a backend whose feature is off (the
-/// message names the feature), an invalid URL, an unreachable backend, or
-/// options the backend does not accept. Passwords never appear in errors.
+/// message names the feature), an invalid URL, an unreachable backend or
+/// refused credentials (with the cause), or options the backend does not
+/// accept. Passwords never appear in errors.
 pub async fn open(url: &str, options: LockerOptions) -> Result<Arc<dyn Locker>, OpenError> {
-    let backend = Backend::of_url(url)?;
-    if !backend.is_enabled() {
-        return Err(OpenError::FeatureDisabled {
-            backend,
-            feature: backend.feature().unwrap_or("default"),
-        });
-    }
-    match backend {
-        Backend::Memory => locker(MemoryStore::new(), options),
-        #[cfg(feature = "sqlite")]
-        Backend::Sqlite => {
-            let path = sqlite_path(url)?;
-            if let Some(parent) = std::path::Path::new(&path).parent()
-                && !parent.as_os_str().is_empty()
-            {
-                std::fs::create_dir_all(parent).map_err(|error| OpenError::InvalidUrl {
-                    url: redact(url),
-                    reason: format!("cannot create {}: {error}", parent.display()),
-                })?;
-            }
-            let store = lock_sqlite::SqliteStore::open(&path).await;
-            locker(store.map_err(|e| open_error(backend, url, e))?, options)
-        }
-        #[cfg(feature = "postgres")]
-        Backend::Postgres => {
-            let store = lock_postgres::PostgresStore::connect(url).await;
-            locker(store.map_err(|e| open_error(backend, url, e))?, options)
-        }
-        #[cfg(feature = "redis")]
-        Backend::Redis => {
-            let store = lock_redis::RedisStore::connect(url).await;
-            locker(store.map_err(|e| open_error(backend, url, e))?, options)
-        }
-        #[cfg(feature = "etcd")]
-        Backend::Etcd => {
-            let store = lock_etcd::EtcdStore::connect(url).await;
-            locker(store.map_err(|e| open_error(backend, url, e))?, options)
-        }
-        #[allow(unreachable_patterns)]
-        _ => Err(OpenError::FeatureDisabled {
-            backend,
-            feature: backend.feature().unwrap_or("default"),
-        }),
+    Opener::new(url).open(options).await
+}
+
+/// Opens the store the backend `url` names, for a [`LeaseLocker`] of your
+/// own or to wrap it: `Arc<dyn LeaseStore>` is itself a [`LeaseStore`].
+/// Connecting waits at most 1 s (see [`Opener::connect_timeout`]).
+///
+/// # Errors
+///
+/// As [`open`], but for the options.
+pub async fn open_store(url: &str) -> Result<Arc<dyn LeaseStore>, OpenError> {
+    Opener::new(url).open_store().await
+}
+
+/// Opens a backend from its URL, with the settings a URL does not carry.
+///
+/// `Debug` shows the URL with its secrets replaced by `***`.
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use dlock::{LockerOptions, Opener};
+///
+/// # async fn run() -> Result<(), dlock::OpenError> {
+/// let locker = Opener::new("postgres://app@db.internal/app")
+///     .table("ops.job_locks")
+///     .connect_timeout(Duration::from_secs(3))
+///     .open(LockerOptions::default())
+///     .await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Opener {
+    url: String,
+    table: Option<String>,
+    connect_timeout: Option<Duration>,
+}
+
+impl fmt::Debug for Opener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Opener")
+            .field("url", &redact(&self.url))
+            .field("table", &self.table)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
     }
 }
 
-/// A store refusing its URL is the caller's mistake; anything else means
-/// the backend could not be reached or set up.
+impl Opener {
+    /// An opener for the backend `url` names (see the crate docs for the
+    /// forms).
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            table: None,
+            connect_timeout: None,
+        }
+    }
+
+    /// The table holding the locks, for backends that keep one (PostgreSQL,
+    /// optionally schema-qualified, and SQLite; see
+    /// [`Backend::has_table`]). Default: the store's own, `dlock_leases`.
+    /// Opening another backend with a table set fails with
+    /// [`OpenError::Options`].
+    #[must_use]
+    pub fn table(mut self, table: impl Into<String>) -> Self {
+        self.table = Some(table.into());
+        self
+    }
+
+    /// How long connecting may wait for the backend (PostgreSQL, Redis,
+    /// etcd unless its URL sets `connect_timeout_ms`). Default: the
+    /// locker's store timeout for [`open`](Self::open), 1 s for
+    /// [`open_store`](Self::open_store).
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = Some(timeout);
+        self
+    }
+
+    /// The backend the URL names.
+    ///
+    /// # Errors
+    ///
+    /// As [`Backend::of_url`].
+    pub fn backend(&self) -> Result<Backend, OpenError> {
+        Backend::of_url(&self.url)
+    }
+
+    /// Opens a locker with `options`.
+    ///
+    /// # Errors
+    ///
+    /// As [`open`].
+    pub async fn open(&self, options: LockerOptions) -> Result<Arc<dyn Locker>, OpenError> {
+        let timeout = self.connect_timeout.unwrap_or(options.store_timeout());
+        self.connect(timeout).await?.into_locker(options)
+    }
+
+    /// Opens the store.
+    ///
+    /// # Errors
+    ///
+    /// As [`open_store`].
+    pub async fn open_store(&self) -> Result<Arc<dyn LeaseStore>, OpenError> {
+        let timeout = self.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        Ok(self.connect(timeout).await?.into_shared())
+    }
+
+    #[cfg_attr(
+        not(any(feature = "postgres", feature = "redis", feature = "etcd")),
+        allow(unused_variables)
+    )]
+    async fn connect(&self, connect_timeout: Duration) -> Result<Opened, OpenError> {
+        let backend = self.backend()?;
+        if !backend.is_enabled() {
+            return Err(OpenError::FeatureDisabled {
+                backend,
+                feature: backend.feature().unwrap_or("default"),
+            });
+        }
+        if self.table.is_some() && !backend.has_table() {
+            return Err(OpenError::Options(LockError::InvalidConfig(format!(
+                "a table is set, but the {backend} backend keeps no tables (PostgreSQL and SQLite do); keep locks apart with a prefix instead"
+            ))));
+        }
+        let url = self.url.as_str();
+        let opened = match backend {
+            Backend::Memory => Opened::Memory(MemoryStore::new()),
+            #[cfg(feature = "sqlite")]
+            Backend::Sqlite => {
+                let path = sqlite_path(url)?;
+                if let Some(parent) = std::path::Path::new(&path).parent()
+                    && !parent.as_os_str().is_empty()
+                {
+                    std::fs::create_dir_all(parent).map_err(|error| OpenError::Store {
+                        backend,
+                        source: StoreError::unavailable(format!(
+                            "sqlite: cannot create the directory {}: {error}",
+                            parent.display()
+                        ))
+                        .with_source(error),
+                    })?;
+                }
+                let mut builder = lock_sqlite::SqliteStore::builder();
+                if let Some(table) = &self.table {
+                    builder = builder.table(table);
+                }
+                let store = builder.open(&path).await;
+                Opened::Sqlite(store.map_err(|e| store_error(backend, url, e))?)
+            }
+            #[cfg(feature = "postgres")]
+            Backend::Postgres => {
+                let mut builder =
+                    lock_postgres::PostgresStore::builder().connect_timeout(connect_timeout);
+                if let Some(table) = &self.table {
+                    builder = builder.table(table);
+                }
+                let store = builder.connect(url).await;
+                Opened::Postgres(store.map_err(|e| store_error(backend, url, e))?)
+            }
+            #[cfg(feature = "redis")]
+            Backend::Redis => {
+                let store = lock_redis::RedisStore::builder(url)
+                    .connect_timeout(connect_timeout)
+                    .connect()
+                    .await;
+                Opened::Redis(store.map_err(|e| store_error(backend, url, e))?)
+            }
+            #[cfg(feature = "etcd")]
+            Backend::Etcd => {
+                let mut config = lock_etcd::EtcdConfig::from_url(url)
+                    .map_err(|e| store_error(backend, url, e))?;
+                let url_sets_timeout = url::ConnectionUrl::parse(url)
+                    .is_ok_and(|parsed| parsed.query_value("connect_timeout_ms").is_some());
+                if !url_sets_timeout {
+                    config = config.connect_timeout(connect_timeout);
+                }
+                let store = lock_etcd::EtcdStore::connect_with(config).await;
+                Opened::Etcd(store.map_err(|e| store_error(backend, url, e))?)
+            }
+            #[allow(unreachable_patterns)]
+            _ => {
+                return Err(OpenError::FeatureDisabled {
+                    backend,
+                    feature: backend.feature().unwrap_or("default"),
+                });
+            }
+        };
+        Ok(opened)
+    }
+}
+
+/// A store [`Opener::connect`] made, by backend: a locker is built on the
+/// store's own type, without a virtual call per operation.
+enum Opened {
+    Memory(MemoryStore),
+    #[cfg(feature = "sqlite")]
+    Sqlite(lock_sqlite::SqliteStore),
+    #[cfg(feature = "postgres")]
+    Postgres(lock_postgres::PostgresStore),
+    #[cfg(feature = "redis")]
+    Redis(lock_redis::RedisStore),
+    #[cfg(feature = "etcd")]
+    Etcd(lock_etcd::EtcdStore),
+}
+
+impl Opened {
+    fn into_locker(self, options: LockerOptions) -> Result<Arc<dyn Locker>, OpenError> {
+        fn locker<S: LeaseStore>(
+            store: S,
+            options: LockerOptions,
+        ) -> Result<Arc<dyn Locker>, OpenError> {
+            Ok(Arc::new(LeaseLocker::new(store, options)?))
+        }
+        match self {
+            Self::Memory(store) => locker(store, options),
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(store) => locker(store, options),
+            #[cfg(feature = "postgres")]
+            Self::Postgres(store) => locker(store, options),
+            #[cfg(feature = "redis")]
+            Self::Redis(store) => locker(store, options),
+            #[cfg(feature = "etcd")]
+            Self::Etcd(store) => locker(store, options),
+        }
+    }
+
+    fn into_shared(self) -> Arc<dyn LeaseStore> {
+        match self {
+            Self::Memory(store) => Arc::new(store),
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(store) => Arc::new(store),
+            #[cfg(feature = "postgres")]
+            Self::Postgres(store) => Arc::new(store),
+            #[cfg(feature = "redis")]
+            Self::Redis(store) => Arc::new(store),
+            #[cfg(feature = "etcd")]
+            Self::Etcd(store) => Arc::new(store),
+        }
+    }
+}
+
+/// A store refusing its URL or settings is the caller's mistake; anything
+/// else means the backend could not be reached, refused the credentials,
+/// or could not be set up.
 #[cfg_attr(
     not(any(
         feature = "sqlite",
@@ -219,18 +498,14 @@ pub async fn open(url: &str, options: LockerOptions) -> Result<Arc<dyn Locker>, 
     )),
     allow(dead_code)
 )]
-fn open_error(backend: Backend, url: &str, source: StoreError) -> OpenError {
+fn store_error(backend: Backend, url: &str, source: StoreError) -> OpenError {
     match source.kind() {
-        StoreErrorKind::Invalid => OpenError::InvalidUrl {
+        StoreErrorKind::Invalid => OpenError::Invalid {
             url: redact(url),
             reason: source.message().to_owned(),
         },
         _ => OpenError::Store { backend, source },
     }
-}
-
-fn locker<S: LeaseStore>(store: S, options: LockerOptions) -> Result<Arc<dyn Locker>, OpenError> {
-    Ok(Arc::new(LeaseLocker::new(store, options)?))
 }
 
 /// The file path of a `sqlite:PATH` or `sqlite://PATH` URL.
@@ -239,28 +514,12 @@ fn sqlite_path(url: &str) -> Result<String, OpenError> {
     let rest = &url["sqlite:".len()..];
     let path = rest.strip_prefix("//").unwrap_or(rest);
     if path.is_empty() {
-        return Err(OpenError::InvalidUrl {
+        return Err(OpenError::Invalid {
             url: redact(url),
             reason: "no file path (expected sqlite:PATH)".into(),
         });
     }
     Ok(path.to_owned())
-}
-
-/// `url` with the password of its user-info part replaced by `***`.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let Some((userinfo, host)) = authority.rsplit_once('@') else {
-        return url.to_owned();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
-        None => url.to_owned(),
-    }
 }
 
 #[cfg(test)]
@@ -284,12 +543,30 @@ mod tests {
             Backend::of_url("redis+cluster://a:1,b:2").unwrap(),
             Backend::Redis
         );
+        assert_eq!(Backend::of_url("etcds://a:1").unwrap(), Backend::Etcd);
         let unknown = Backend::of_url("mongodb://h").unwrap_err();
         assert!(unknown.to_string().contains("sqlite:PATH"), "{unknown}");
-        assert!(matches!(
-            Backend::of_url("no-scheme"),
-            Err(OpenError::InvalidUrl { .. })
-        ));
+        for schemeless in ["no-scheme", "S3 CRET:x", ":S3CRET@h"] {
+            let error = Backend::of_url(schemeless).unwrap_err();
+            assert!(matches!(error, OpenError::Invalid { .. }), "{error}");
+            assert!(!error.to_string().contains("S3"), "{error}");
+        }
+    }
+
+    #[test]
+    fn urls_are_shown_without_secrets() {
+        assert_eq!(
+            redact("postgres://app@db/x?password=S3CRET&sslmode=bogus"),
+            "postgres://app@db/x?password=***&sslmode=bogus"
+        );
+        assert_eq!(redact("redis://S3CRET@h:6379"), "redis://***@h:6379");
+        assert_eq!(redact("app:S3CRET@db:5432/x"), "app:***");
+        assert_eq!(redact("postgres:app:S3CRET@db/x"), "postgres:***");
+        assert_eq!(redact("S3CRET"), "<not a URL>");
+        assert_eq!(
+            redact("sqlite:/var/lib/locks.db"),
+            "sqlite:/var/lib/locks.db"
+        );
     }
 
     #[test]
@@ -304,17 +581,6 @@ mod tests {
         );
     }
 
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redact("postgres://app:hunter2@db:5432/x?sslmode=require"),
-            "postgres://app:***@db:5432/x?sslmode=require"
-        );
-        assert_eq!(redact("postgres://app@db/x"), "postgres://app@db/x");
-        assert_eq!(redact("sqlite:/tmp/a.db"), "sqlite:/tmp/a.db");
-        assert_eq!(redact("redis://:pw@h:6379"), "redis://:***@h:6379");
-    }
-
     #[cfg(feature = "sqlite")]
     #[test]
     fn sqlite_urls_give_paths() {
@@ -325,9 +591,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn memory_and_sqlite_open() {
+    async fn memory_opens() {
         let locker = open("memory:", LockerOptions::default()).await.unwrap();
         assert!(locker.try_lock("x").await.is_ok());
+    }
+
+    #[cfg(feature = "sqlite")]
+    #[tokio::test]
+    async fn sqlite_opens_creating_its_directory() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite:{}/nested/locks.db", dir.path().display());
         let locker = open(&url, LockerOptions::default()).await.unwrap();

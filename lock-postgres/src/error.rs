@@ -1,6 +1,9 @@
 //! The one place sqlx errors become `StoreError`s.
 
+use std::fmt;
+
 use lock_core::{StoreError, StoreErrorKind};
+use sqlx::postgres::PgConnectOptions;
 
 /// Maps a driver error to a [`StoreError`], naming `key` when known.
 ///
@@ -10,8 +13,60 @@ use lock_core::{StoreError, StoreErrorKind};
 /// retryable. Undefined tables (schema not migrated), bad configuration,
 /// credentials and values that do not decode are not.
 pub(crate) fn map_error(error: sqlx::Error, key: Option<&str>) -> StoreError {
+    let mapped = StoreError::new(kind_of(&error), format!("postgres: {}", describe(&error)))
+        .with_source(error);
+    match key {
+        Some(key) => mapped.with_key(key),
+        None => mapped,
+    }
+}
+
+/// Maps an error of opening a connection to `target`: the message names
+/// the server and the cause (`Connection refused`, a failed name lookup,
+/// the server's refusal of the credentials) rather than the driver's
+/// wrapping of it.
+pub(crate) fn connect_error(error: sqlx::Error, target: &Target) -> StoreError {
+    let cause = match &error {
+        sqlx::Error::Io(io) => io.to_string(),
+        sqlx::Error::Tls(tls) => format!("TLS: {tls}"),
+        other => describe(other),
+    };
+    StoreError::new(
+        kind_of(&error),
+        format!("postgres: cannot connect to {target}: {cause}"),
+    )
+    .with_source(error)
+}
+
+/// The server a connection goes to, for messages: `host:port as user`, or
+/// the Unix socket directory.
+pub(crate) struct Target {
+    place: String,
+    user: String,
+}
+
+impl Target {
+    pub(crate) fn of(options: &PgConnectOptions) -> Self {
+        let place = match options.get_socket() {
+            Some(socket) => format!("the socket in {}", socket.display()),
+            None => format!("{}:{}", options.get_host(), options.get_port()),
+        };
+        Self {
+            place,
+            user: options.get_username().to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} as {:?}", self.place, self.user)
+    }
+}
+
+fn kind_of(error: &sqlx::Error) -> StoreErrorKind {
     use sqlx::Error as E;
-    let kind = match &error {
+    match error {
         E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed => {
             StoreErrorKind::Unavailable
         }
@@ -24,19 +79,18 @@ pub(crate) fn map_error(error: sqlx::Error, key: Option<&str>) -> StoreError {
             .code()
             .map_or(StoreErrorKind::Other, |code| kind_of_sqlstate(&code)),
         _ => StoreErrorKind::Other,
-    };
-    let message = match &error {
-        E::Database(database) => format!(
-            "postgres: {} (SQLSTATE {})",
+    }
+}
+
+/// The driver's account of `error`, with the SQLSTATE of a server error.
+fn describe(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Database(database) => format!(
+            "{} (SQLSTATE {})",
             database.message(),
             database.code().as_deref().unwrap_or("?")
         ),
-        other => format!("postgres: {other}"),
-    };
-    let mapped = StoreError::new(kind, message).with_source(error);
-    match key {
-        Some(key) => mapped.with_key(key),
-        None => mapped,
+        other => other.to_string(),
     }
 }
 

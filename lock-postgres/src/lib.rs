@@ -70,18 +70,19 @@ mod error;
 mod listen;
 
 use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use lock_core::url::{ConnectionUrl, is_secret_parameter};
 use lock_core::{
     AcquireOutcome, AcquireRequest, Capabilities, Fencing, FencingToken, Grant, Holder, LeaseId,
     LeaseInfo, LeaseStore, ReleaseOutcome, RenewEntry, RenewOutcome, StoreError, StoreErrorKind,
 };
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions as _, Connection as _};
 
-use crate::error::map_error;
+use crate::error::{Target, connect_error, map_error};
 use crate::listen::Listener;
 
 /// The default table name.
@@ -195,39 +196,48 @@ impl PostgresStoreBuilder {
     }
 
     /// Connects a pool to `url` (`postgres://user:password@host:port/db`,
-    /// with `sslmode=require` etc. for TLS) and builds the store. The pool
-    /// opens one connection at once (so errors show here), pins READ
-    /// COMMITTED, does not ping connections
-    /// before use (one round trip per operation; a broken connection fails
-    /// its statement with a retryable error), and the table is created when
+    /// with `sslmode=require` etc. for TLS) and builds the store.
+    ///
+    /// One connection is opened first, on its own, within the
+    /// [connect timeout](Self::connect_timeout): an unreachable server, an
+    /// unknown host or refused credentials fail here at once, saying which.
+    /// The pool then pins READ COMMITTED, does not ping connections before
+    /// use (one round trip per operation; a broken connection fails its
+    /// statement with a retryable error), and the table is created when
     /// [`migrate_on_connect`](Self::migrate_on_connect) is on.
+    ///
+    /// Query parameters the driver does not know and that may carry a
+    /// secret (`sslpassword=`, say) are dropped with a warning that names
+    /// them without their value.
     ///
     /// # Errors
     ///
     /// [`StoreErrorKind::Invalid`] for a bad URL or table name (the message
-    /// never contains the password); a store error when the server cannot
-    /// be reached or the migration fails.
+    /// never contains the password); [`StoreErrorKind::Unavailable`] when
+    /// the server cannot be reached (refused, host not found),
+    /// [`StoreErrorKind::Timeout`] when it does not answer within the
+    /// connect timeout, [`StoreErrorKind::Auth`] for refused credentials,
+    /// each naming the server and the cause; a store error when the
+    /// migration fails.
     pub async fn connect(self, url: &str) -> Result<PostgresStore, StoreError> {
         // Refuse a bad table name before touching the network.
         quote_table(&self.table)?;
-        let options = PgConnectOptions::from_str(url).map_err(|_| {
-            StoreError::new(
-                StoreErrorKind::Invalid,
-                "not a PostgreSQL connection URL (postgres://user@host:port/database)",
-            )
-        })?;
-        let options = options.options([("default_transaction_isolation", r"read\ committed")]);
+        let options =
+            connect_options(url)?.options([("default_transaction_isolation", r"read\ committed")]);
+        // sqlx's pool retries a refused connection until its acquire
+        // timeout and then reports only that it timed out; a connection of
+        // our own learns the cause first.
+        let first = connect_once(&options, self.connect_timeout).await?;
+        let _ = tokio::time::timeout(self.connect_timeout, first.close()).await;
         let pool = PgPoolOptions::new()
             .max_connections(self.max_connections)
             .acquire_timeout(self.connect_timeout)
             // A ping before every statement would double the round trips;
             // a broken connection fails its statement (retryable) instead.
             .test_before_acquire(false)
-            // Opens one connection now, so an unreachable server or refused
-            // credentials are reported here, with their cause.
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
-            .map_err(|e| map_error(e, None))?;
+            .map_err(|e| connect_error(e, &Target::of(&options)))?;
         self.build_with_pool(pool).await
     }
 
@@ -255,6 +265,84 @@ impl PostgresStoreBuilder {
             store.migrate().await?;
         }
         Ok(store)
+    }
+}
+
+/// Query parameters the driver reads (sqlx 0.8) whose names look like
+/// secrets to [`is_secret_parameter`]: they are passed on.
+const DRIVER_SECRET_PARAMETERS: &[&str] = &["password", "sslkey", "ssl-key"];
+
+/// The driver's options for `url`.
+///
+/// The driver logs every query parameter it does not know, value included,
+/// so those that may carry a secret are dropped here, logged by name only.
+fn connect_options(url: &str) -> Result<PgConnectOptions, StoreError> {
+    let invalid = |reason: &dyn fmt::Display| {
+        StoreError::new(
+            StoreErrorKind::Invalid,
+            format!(
+                "not a PostgreSQL connection URL (postgres://user@host:port/database): {reason}"
+            ),
+        )
+    };
+    // The shared parser refuses what it cannot read without repeating it.
+    let parsed = ConnectionUrl::parse(url)?;
+    if !parsed.is_hierarchical() {
+        // The driver would read `postgres:user:password@host` as a
+        // database name, which the server repeats in its refusal.
+        return Err(invalid(&"no `//` after the scheme"));
+    }
+    let mut driver_url = url::Url::parse(url).map_err(|e| invalid(&e))?;
+    let (kept, dropped): (Vec<_>, Vec<_>) =
+        driver_url
+            .query_pairs()
+            .into_owned()
+            .partition(|(name, _)| {
+                !is_secret_parameter(name) || DRIVER_SECRET_PARAMETERS.contains(&name.as_str())
+            });
+    if !dropped.is_empty() {
+        for (name, _) in &dropped {
+            tracing::warn!(parameter = %name, "ignoring a connect parameter the driver does not know");
+        }
+        if kept.is_empty() {
+            driver_url.set_query(None);
+        } else {
+            driver_url.query_pairs_mut().clear().extend_pairs(kept);
+        }
+    }
+    PgConnectOptions::from_url(&driver_url).map_err(|error| {
+        // The driver's reasons name values, never the password; hide it
+        // anyway should one ever do.
+        let mut reason = match &error {
+            sqlx::Error::Configuration(reason) => reason.to_string(),
+            other => other.to_string(),
+        };
+        let secrets = parsed.password().into_iter().chain(
+            parsed
+                .query()
+                .iter()
+                .filter(|(name, _)| is_secret_parameter(name))
+                .map(|(_, value)| value.as_str()),
+        );
+        for secret in secrets.filter(|secret| !secret.is_empty()) {
+            reason = reason.replace(secret, "***");
+        }
+        invalid(&reason)
+    })
+}
+
+/// Opens one connection, within `timeout`, reporting why it failed.
+async fn connect_once(
+    options: &PgConnectOptions,
+    timeout: Duration,
+) -> Result<PgConnection, StoreError> {
+    match tokio::time::timeout(timeout, PgConnection::connect_with(options)).await {
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(error)) => Err(connect_error(error, &Target::of(options))),
+        Err(_) => Err(StoreError::timeout(format!(
+            "postgres: cannot connect to {}: no answer within {timeout:?}",
+            Target::of(options)
+        ))),
     }
 }
 

@@ -58,7 +58,7 @@ use sqlx::sqlite::{
 };
 use tokio::sync::Notify;
 
-use crate::error::map_error;
+use crate::error::{map_error, open_error};
 
 /// The default table name.
 pub const DEFAULT_TABLE: &str = "dlock_leases";
@@ -202,7 +202,7 @@ impl SqliteStoreBuilder {
             .test_before_acquire(false)
             .connect_with(options)
             .await
-            .map_err(|e| map_error(e, None))?;
+            .map_err(|e| open_error(e, path))?;
         let store = SqliteStore {
             inner: Arc::new(Inner {
                 pool,

@@ -1,14 +1,17 @@
 //! `dlock`: run a command under a distributed lock.
 //!
 //! ```text
-//! dlock run [--backend URL] [--lease DUR] [--wait DUR] [--kill-grace DUR] ID -- COMMAND [ARGS...]
-//! dlock status [--backend URL] [--json] ID
+//! dlock run [--backend URL] [--table NAME] [--prefix STR] [--lease DUR] [--heartbeat DUR]
+//!           [--warn-after DUR] [--wait DUR] [--kill-grace DUR] [--owner NAME] ID -- COMMAND [ARGS...]
+//! dlock status [--backend URL] [--table NAME] [--prefix STR] [--json] ID
 //! ```
 //!
 //! Exit codes: the command's own (128 + signal when a signal ended it, or
 //! when SIGINT, SIGTERM or SIGHUP reached dlock before it started); 75
-//! when the lock could not be had in time; 64 for a bad argument or URL; 69
-//! when the backend is unreachable; 127 when the command cannot be started.
+//! when the lock could not be had in time; 64 for a bad argument, option
+//! or URL; 69 when the backend is unreachable or refuses the credentials;
+//! 127 when the command cannot be started. No password of the backend URL
+//! is ever printed.
 #![forbid(unsafe_code)]
 
 use std::ffi::OsString;
@@ -20,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use dlock::{LockError, LockGuard, Locker, LockerOptions, OpenError};
+use dlock::{LockError, LockGuard, Locker, LockerOptions, LockerOptionsBuilder, OpenError, Opener};
 use rustix::process::{Pid, Signal, kill_process};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::Instant;
@@ -58,14 +61,28 @@ enum Command {
     Status(StatusArgs),
 }
 
+/// Where the locks are: the backend, its table, and the key prefix.
 #[derive(Args)]
 struct BackendArg {
-    /// Backend URL: sqlite:PATH, postgres://..., redis://..., redis+cluster://...,
-    /// etcd://...,
-    /// memory:. Default: a SQLite
-    /// file in the user's state directory.
+    /// Backend URL: sqlite:PATH, postgres://..., redis://...,
+    /// redis+cluster://..., etcd://..., memory:. Default: a SQLite file in
+    /// the user's state directory. Passwords in it are never printed.
     #[arg(long, env = "DLOCK_URL", hide_env_values = true, value_name = "URL")]
     backend: Option<String>,
+    /// The table holding the locks, on PostgreSQL (optionally
+    /// schema-qualified: ops.locks) and SQLite; created if missing.
+    /// Default: dlock_leases.
+    #[arg(long, value_name = "NAME")]
+    table: Option<String>,
+    /// A prefix put before the lock id to form the stored key: programs
+    /// using different prefixes never contend for a lock. Default: none.
+    #[arg(
+        long,
+        value_name = "STR",
+        default_value = "",
+        hide_default_value = true
+    )]
+    prefix: String,
 }
 
 #[derive(Args)]
@@ -75,6 +92,16 @@ struct RunArgs {
     /// Lease time, renewed while the command runs.
     #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DUR")]
     lease: Duration,
+    /// How often the lease is renewed; shorter than the lease. Default: a
+    /// third of the lease.
+    #[arg(long, value_parser = parse_duration, value_name = "DUR")]
+    heartbeat: Option<Duration>,
+    /// How long after the last good renewal the lock counts as expiring and
+    /// the command gets SIGTERM; between the heartbeat and the lease.
+    /// Default: 10s before the lease ends when that leaves room, else
+    /// halfway between the heartbeat and the end of the lease.
+    #[arg(long, value_parser = parse_duration, value_name = "DUR")]
+    warn_after: Option<Duration>,
     /// How long to wait for the lock; 0 makes one attempt.
     #[arg(long, default_value = "0", value_parser = parse_duration, value_name = "DUR")]
     wait: Duration,
@@ -147,9 +174,9 @@ fn main() -> ExitCode {
 }
 
 /// The backend URL: the flag, `DLOCK_URL`, or the state-directory default.
-fn backend_url(arg: BackendArg) -> Result<String, u8> {
-    if let Some(url) = arg.backend {
-        return Ok(url);
+fn backend_url(arg: &BackendArg) -> Result<String, u8> {
+    if let Some(url) = &arg.backend {
+        return Ok(url.clone());
     }
     let state = std::env::var_os("XDG_STATE_HOME")
         .filter(|dir| !dir.is_empty())
@@ -171,13 +198,29 @@ fn default_owner() -> String {
     format!("dlock-{host}-{}", std::process::id())
 }
 
-async fn open(url: &str, options: LockerOptions) -> Result<Arc<dyn Locker>, u8> {
-    dlock::open(url, options).await.map_err(|error| {
+/// Opens the locker of `backend` with `options`; connecting waits at most
+/// the options' store timeout.
+async fn open(backend: &BackendArg, options: LockerOptions) -> Result<Arc<dyn Locker>, u8> {
+    let url = backend_url(backend)?;
+    let mut opener = Opener::new(url);
+    if let Some(table) = &backend.table {
+        opener = opener.table(table);
+    }
+    opener.open(options).await.map_err(|error| {
         eprintln!("dlock: {error}");
         match error {
             OpenError::Store { .. } => EXIT_UNAVAILABLE,
             _ => EXIT_USAGE,
         }
+    })
+}
+
+/// Options from the flags; a combination the builder refuses is a usage
+/// error, reported with the builder's message.
+fn options(builder: LockerOptionsBuilder) -> Result<LockerOptions, u8> {
+    builder.build().map_err(|error| {
+        eprintln!("dlock: {error}");
+        EXIT_USAGE
     })
 }
 
@@ -188,16 +231,18 @@ async fn run(args: RunArgs) -> u8 {
 }
 
 async fn run_inner(args: RunArgs) -> Result<u8, u8> {
-    let url = backend_url(args.backend)?;
     let owner = args.owner.unwrap_or_else(default_owner);
-    let options = LockerOptions::builder()
+    let mut builder = LockerOptions::builder()
         .owner(&owner)
-        .lease(args.lease)
-        .build()
-        .map_err(|error| {
-            eprintln!("dlock: {error}");
-            EXIT_USAGE
-        })?;
+        .prefix(&args.backend.prefix)
+        .lease(args.lease);
+    if let Some(heartbeat) = args.heartbeat {
+        builder = builder.heartbeat(heartbeat);
+    }
+    if let Some(warn_after) = args.warn_after {
+        builder = builder.warn_after(warn_after);
+    }
+    let options = options(builder)?;
     // Listening starts before anything is asked of the backend: a signal
     // that arrives before the command runs then ends dlock cleanly, its lock
     // released, instead of killing it with the lock held for a whole lease.
@@ -206,7 +251,7 @@ async fn run_inner(args: RunArgs) -> Result<u8, u8> {
         EXIT_SOFTWARE
     })?;
     let locker = tokio::select! {
-        locker = open(&url, options) => locker?,
+        locker = open(&args.backend, options) => locker?,
         signal = signals.recv() => return Err(exit_code_of_signal(signal)),
     };
     let guard = tokio::select! {
@@ -468,11 +513,11 @@ async fn sleep_until_some(at: Option<Instant>) {
 }
 
 async fn status(args: StatusArgs) -> u8 {
-    let url = match backend_url(args.backend) {
-        Ok(url) => url,
-        Err(code) => return code,
+    let locker = match options(LockerOptions::builder().prefix(&args.backend.prefix)) {
+        Ok(options) => open(&args.backend, options).await,
+        Err(code) => Err(code),
     };
-    let locker = match open(&url, LockerOptions::default()).await {
+    let locker = match locker {
         Ok(locker) => locker,
         Err(code) => return code,
     };

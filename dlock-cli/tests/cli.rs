@@ -359,25 +359,103 @@ fn bad_arguments_and_urls_exit_64_with_a_clear_message() {
     );
     let output = scratch.output(&["status", "--backend", "memory:", "--json", "x"]);
     assert!(output.status.success());
-    if !cfg!(feature = "postgres") {
-        let output = scratch.output(&[
-            "run",
-            "--backend",
-            "postgres://u:pw@h/db",
-            "a",
-            "--",
-            "true",
-        ]);
-        assert_eq!(output.status.code(), Some(64));
-        assert!(
-            stderr(&output).contains("enable the `postgres` feature"),
-            "{}",
-            stderr(&output)
-        );
-    }
 }
 
-#[cfg(feature = "redis")]
+#[test]
+fn prefixes_keep_locks_apart() {
+    let scratch = Scratch::new();
+    let ready = scratch.path("holder-ready");
+    let mut holder = scratch
+        .dlock()
+        .args(["run", "--prefix", "billing/", "job", "--", "sh", "-c"])
+        .arg(format!("touch {}; sleep 30", ready.display()))
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(10), || ready.exists());
+    let output = scratch.output(&["status", "--prefix", "billing/", "--json", "job"]);
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(status["held"], true, "{output:?}");
+    assert_eq!(
+        scratch.status_json("job")["held"],
+        false,
+        "no prefix, another lock"
+    );
+    let other = scratch.output(&["run", "--prefix", "reports/", "job", "--", "true"]);
+    assert!(other.status.success(), "{other:?}");
+    let same = scratch.output(&["run", "--prefix", "billing/", "job", "--", "true"]);
+    assert_eq!(same.status.code(), Some(75), "{same:?}");
+
+    terminate(&holder);
+    let _ = wait_with_limit(&mut holder, Duration::from_secs(10));
+}
+
+#[test]
+fn timing_flags_the_locker_refuses_exit_64_with_its_message() {
+    let scratch = Scratch::new();
+    for (flags, message) in [
+        (
+            &["--lease", "10s", "--heartbeat", "10s"][..],
+            "heartbeat 10s must be shorter than the lease 10s",
+        ),
+        (
+            &["--lease", "10s", "--heartbeat", "3s", "--warn-after", "2s"][..],
+            "warn_after 2s must be longer than the heartbeat 3s",
+        ),
+        (
+            &["--lease", "10s", "--warn-after", "10s"][..],
+            "warn_after 10s must be shorter than the usable lease",
+        ),
+    ] {
+        let output = scratch.output(&[&["run"][..], flags, &["a", "--", "true"]].concat());
+        assert_eq!(output.status.code(), Some(64), "{flags:?}: {output:?}");
+        let text = stderr(&output);
+        assert!(text.contains(message), "{flags:?}: {text}");
+        assert_eq!(text.lines().count(), 1, "one line: {text}");
+    }
+    let output = scratch.output(&[
+        "run",
+        "--lease",
+        "9s",
+        "--heartbeat",
+        "1s",
+        "--warn-after",
+        "2s",
+        "a",
+        "--",
+        "true",
+    ]);
+    assert!(output.status.success(), "{output:?}");
+}
+
+#[test]
+fn a_table_of_its_own_on_sqlite() {
+    let scratch = Scratch::new();
+    let output = scratch.output(&["run", "--table", "nightly", "job", "--", "true"]);
+    assert!(output.status.success(), "{output:?}");
+    let output = scratch.output(&["status", "--table", "nightly", "--json", "job"]);
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(status["last_token"], "1", "{output:?}");
+    assert_eq!(
+        scratch.status_json("job")["last_token"],
+        serde_json::Value::Null,
+        "the default table never saw the lock"
+    );
+    let output = scratch.output(&["status", "--table", "no such", "job"]);
+    assert_eq!(output.status.code(), Some(64), "{output:?}");
+    assert!(
+        stderr(&output).contains("is not an identifier"),
+        "{}",
+        stderr(&output)
+    );
+    let output = scratch.output(&["status", "--backend", "memory:", "--table", "locks", "job"]);
+    assert_eq!(output.status.code(), Some(64), "{output:?}");
+    assert!(
+        stderr(&output).contains("the memory backend keeps no tables"),
+        "{}",
+        stderr(&output)
+    );
+}
+
 mod redis {
     use super::*;
     use conformance_tests::harness::RedisServer;
@@ -403,7 +481,6 @@ mod redis {
     }
 }
 
-#[cfg(feature = "etcd")]
 mod etcd {
     use super::*;
     use conformance_tests::harness::EtcdServer;
@@ -423,7 +500,6 @@ mod etcd {
     }
 }
 
-#[cfg(feature = "postgres")]
 mod postgres {
     use super::*;
     use conformance_tests::fault_proxy::{FaultMode, FaultProxy};
@@ -442,6 +518,57 @@ mod postgres {
         ]);
         assert_eq!(output.status.code(), Some(69), "{output:?}");
         assert!(!stderr(&output).contains("hunter2"), "{}", stderr(&output));
+    }
+
+    #[test]
+    fn warn_after_says_when_the_command_hears_the_lock_is_expiring() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let Some(server) = or_skip(runtime.block_on(shared_postgres())) else {
+            return;
+        };
+        let proxy = runtime.block_on(FaultProxy::start(server.addr())).unwrap();
+        let scratch = Scratch::new();
+        let marker = scratch.path("got-term");
+        let ready = scratch.path("trap-set");
+        let script = term_trapping_script(&marker, &ready);
+        // By default a 30 s lease warns 20 s after the last renewal.
+        let mut run = scratch
+            .dlock()
+            .args(["run", "--backend", &server.url_via(proxy.listen_addr())])
+            .args(["--table", "dlock_cli_flags", "--lease", "30s"])
+            .args(["--heartbeat", "1s", "--warn-after", "3s"])
+            .args(["job", "--", "sh", "-c", &script])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for(Duration::from_secs(10), || ready.exists());
+        let status = |table: &[&str]| {
+            let output = scratch.output(
+                &[
+                    &["status", "--backend", server.url()][..],
+                    table,
+                    &["--json", "job"],
+                ]
+                .concat(),
+            );
+            serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
+        };
+        assert_eq!(status(&["--table", "dlock_cli_flags"])["held"], true);
+        assert_eq!(status(&[])["held"], false, "not in the default table");
+
+        let cut = Instant::now();
+        proxy.set_mode(FaultMode::BlackHole);
+        let exit = wait_with_limit(&mut run, Duration::from_secs(15));
+        assert_eq!(exit.code(), Some(3), "the command got SIGTERM");
+        assert!(
+            cut.elapsed() < Duration::from_secs(8),
+            "warned {:?} after the cut",
+            cut.elapsed()
+        );
+        let mut message = String::new();
+        std::io::Read::read_to_string(&mut run.stderr.take().unwrap(), &mut message).unwrap();
+        assert!(message.contains("is expiring"), "{message}");
+        proxy.set_mode(FaultMode::PassThrough);
     }
 
     #[test]
