@@ -200,11 +200,11 @@ pub enum LockError {
     /// The locker was closed; no new locks can be taken through it.
     #[error("the locker is closed")]
     Closed,
-    /// The lock id is in use with another number of permits (a semaphore of
-    /// another size, or a mutex, semaphore and reader-writer lock mixed on
-    /// one id).
+    /// The lock id's shared holders and waiters use another number of
+    /// permits (semaphores of different sizes, or readers beside a
+    /// semaphore, on one id).
     #[error(
-        "lock {id:?} is in use as {}, not as {}: every holder and waiter of one id must take the same kind of lock with the same number of permits",
+        "lock {id:?} is in use as {}, not as {}: every shared holder and waiter of one id must ask for the same number of permits",
         crate::kind::describe_limit(*.existing),
         crate::kind::describe_limit(*.requested)
     )]

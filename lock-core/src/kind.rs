@@ -10,17 +10,21 @@ use crate::{LockError, LockGuard, LockMode, Locker};
 /// writer holds alone.
 const RW_LIMIT: u32 = u32::MAX;
 
-/// What kind of lock a request takes on an id. Every holder and waiter of
-/// one id must ask for the same kind (readers and writers are one kind):
-/// mixing is refused with [`LockError::LimitMismatch`].
+/// What kind of lock a request takes on an id.
 ///
 /// Every kind waits in the same first-come, first-served queue: no request
-/// overtakes an earlier one still waiting.
+/// overtakes an earlier one still waiting. Exclusive requests hold alone,
+/// whatever else uses the id: a mutex is the writer side of a
+/// reader-writer lock on the same id, and an exclusive request on a
+/// semaphore's id waits for every permit to be returned and keeps new
+/// ones out meanwhile. Shared requests (permits, readers) must agree on the
+/// number of permits: a semaphore of 2 beside one of 3, or readers beside a
+/// semaphore, are refused with [`LockError::LimitMismatch`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum LockKind {
-    /// A mutex: one holder at a time. What [`Locker::try_lock`] and
-    /// [`Locker::lock`] take.
+    /// A mutex: one holder at a time, alone. What [`Locker::try_lock`] and
+    /// [`Locker::lock`] take; the same as [`LockKind::Write`].
     Exclusive,
     /// One permit of a semaphore of `permits`: at most `permits` holders at
     /// a time.
@@ -33,7 +37,8 @@ pub enum LockKind {
     Read,
     /// The exclusive side of a reader-writer lock: a writer holds alone,
     /// waits for the readers before it, and blocks the readers after it
-    /// (writers are not starved).
+    /// (writers are not starved). The same entry as
+    /// [`LockKind::Exclusive`].
     Write,
 }
 
@@ -46,7 +51,7 @@ impl LockKind {
     /// permits.
     pub fn mode_and_limit(self) -> Result<(LockMode, u32), LockError> {
         match self {
-            Self::Exclusive => Ok((LockMode::Exclusive, 1)),
+            Self::Exclusive | Self::Write => Ok((LockMode::Exclusive, 1)),
             Self::Permit { permits } if permits == 0 || permits == RW_LIMIT => {
                 Err(LockError::InvalidConfig(format!(
                     "a semaphore needs 1 to {} permits, not {permits}",
@@ -55,7 +60,6 @@ impl LockKind {
             }
             Self::Permit { permits } => Ok((LockMode::Shared, permits)),
             Self::Read => Ok((LockMode::Shared, RW_LIMIT)),
-            Self::Write => Ok((LockMode::Exclusive, RW_LIMIT)),
         }
     }
 }
@@ -71,11 +75,11 @@ impl fmt::Display for LockKind {
     }
 }
 
-/// How a key's limit reads in messages.
+/// How a key's shared limit reads in messages.
 pub(crate) fn describe_limit(limit: u32) -> String {
     match limit {
-        1 => "a mutex (or a semaphore of 1 permit)".to_owned(),
-        RW_LIMIT => "a reader-writer lock".to_owned(),
+        1 => "a semaphore of 1 permit".to_owned(),
+        RW_LIMIT => "the readers of a reader-writer lock".to_owned(),
         permits => format!("a semaphore of {permits} permits"),
     }
 }

@@ -143,9 +143,11 @@ pub struct AcquireRequest<'a> {
     pub fencing: Fencing,
     /// How the entry holds: alone or shared.
     pub mode: LockMode,
-    /// How many entries may hold the key at once (1 for a mutex, N for a
-    /// semaphore of N permits). Every request on one key must agree on it
-    /// while the key has live entries.
+    /// How many shared entries may hold the key at once (N for a semaphore
+    /// of N permits, `u32::MAX` for the readers of a reader-writer lock).
+    /// Shared requests on one key must agree on it while the key has live
+    /// shared entries; exclusive entries hold alone whatever it is, and
+    /// neither set nor check it.
     pub limit: u32,
     /// `Some(waiter_ttl)`: when the entry cannot hold at once, add it to
     /// the key's queue as a waiting entry that expires `waiter_ttl` after
@@ -220,9 +222,10 @@ pub enum AcquireOutcome {
     Held(Holder),
     /// The entry waits in the key's queue.
     Queued(Queued),
-    /// The key's live entries use another limit: nothing was added.
+    /// A shared request whose limit differs from the one the key's live
+    /// shared entries agreed on: nothing was added.
     LimitMismatch {
-        /// The limit the key's live entries agreed on.
+        /// The limit the key's live shared entries agreed on.
         limit: u32,
     },
 }
@@ -454,7 +457,7 @@ pub struct LeaseInfo {
     pub holders: Vec<Holder>,
     /// How many live entries wait.
     pub waiting: usize,
-    /// The limit the key's live entries agreed on, when it has any.
+    /// The limit the key's live shared entries agreed on, when it has any.
     pub limit: Option<u32>,
     /// The largest fencing token minted (or reserved for a waiting entry)
     /// for the key, when fencing is kept: every later grant's token is

@@ -65,9 +65,9 @@ pub trait Locker: Send + Sync {
     /// # Errors
     ///
     /// As [`try_lock`](Locker::try_lock), and
-    /// [`LockError::LimitMismatch`] when the id's holders and waiters use
-    /// another kind or number of permits, [`LockError::InvalidConfig`] for
-    /// a semaphore of 0 permits.
+    /// [`LockError::LimitMismatch`] when the id's shared holders and
+    /// waiters use another number of permits, [`LockError::InvalidConfig`]
+    /// for a semaphore of 0 permits.
     ///
     /// # Cancel safety
     ///

@@ -59,7 +59,7 @@ struct Slot {
     entries: BTreeMap<u64, Entry>,
     /// The last sequence number handed out.
     counter: u64,
-    /// The limit the live entries agreed on.
+    /// The limit the live shared entries agreed on.
     limit: u32,
     /// The owner of the last holding entry that expired, until the key is
     /// granted again or released.
@@ -131,6 +131,12 @@ impl Slot {
                     && self.entries.len() < usize::try_from(self.limit).unwrap_or(usize::MAX)
             }
         }
+    }
+
+    fn has_shared(&self) -> bool {
+        self.entries
+            .values()
+            .any(|entry| entry.mode == LockMode::Shared)
     }
 
     fn find(&self, lease_id: LeaseId) -> Option<(u64, &Entry)> {
@@ -225,10 +231,14 @@ impl LeaseStore for MemoryStore {
                 AcquireOutcome::Queued(Queued::new(request.queue.unwrap_or_default()))
             });
         }
-        if slot.entries.is_empty() {
-            slot.limit = request.limit;
-        } else if slot.limit != request.limit {
-            return Ok(AcquireOutcome::LimitMismatch { limit: slot.limit });
+        // Shared entries agree on the limit; exclusive ones hold alone
+        // whatever it is.
+        if request.mode == LockMode::Shared {
+            if !slot.has_shared() {
+                slot.limit = request.limit;
+            } else if slot.limit != request.limit {
+                return Ok(AcquireOutcome::LimitMismatch { limit: slot.limit });
+            }
         }
         let holds = slot.would_hold(request.mode);
         let first_holder = || slot.holders(now).into_iter().next();
@@ -362,10 +372,10 @@ impl LeaseStore for MemoryStore {
             let waiting = slot.entries.len() - holders.len();
             let token = (slot.counter > 0).then(|| FencingToken::from(slot.counter));
             let info = LeaseInfo::new(holders, token).with_waiting(waiting);
-            if slot.entries.is_empty() {
-                info
-            } else {
+            if slot.has_shared() {
                 info.with_limit(slot.limit)
+            } else {
+                info
             }
         }))
     }

@@ -28,9 +28,11 @@ use crate::{
 /// owner, [mode](crate::LockMode), the ttl it asked for, its expiry by the
 /// store's clock, and a **sequence number** the store assigns on arrival,
 /// increasing per key (and, for fencing, across the store's restarts). A
-/// key has a **limit** (1 for a mutex, N for a semaphore); requests on one
-/// key must agree on it while the key has live entries, or get
-/// [`AcquireOutcome::LimitMismatch`].
+/// key's shared entries have a **limit** (N for a semaphore of N permits,
+/// `u32::MAX` for readers); shared requests must agree on it while the key
+/// has live shared entries, or get [`AcquireOutcome::LimitMismatch`].
+/// Exclusive entries hold alone and ignore the limit: a mutex, and the
+/// writer of a reader-writer lock, are the same entry.
 ///
 /// **Who holds is decided by position**, at every operation, skipping
 /// expired entries: walk the live entries in sequence order; an entry holds

@@ -215,11 +215,17 @@ async fn semaphores_and_rw_locks_share_one_queue_per_id() {
     assert!(matches!(rw.try_read().await, Err(LockError::Taken { .. })));
     reader.unlock().await.unwrap();
     let writer = writer.await.unwrap().unwrap();
+    // A mutex on the id is the writer side: taken while the writer holds.
     assert!(matches!(
         a.try_acquire("rw", LockKind::Exclusive).await,
-        Err(LockError::LimitMismatch { .. })
+        Err(LockError::Taken { .. })
     ));
     writer.unlock().await.unwrap();
+    let _reader = rw.try_read().await.unwrap();
+    assert!(matches!(
+        a.try_acquire("rw", LockKind::Permit { permits: 2 }).await,
+        Err(LockError::LimitMismatch { .. })
+    ));
     assert!(matches!(
         a.try_acquire("x", LockKind::Permit { permits: 0 }).await,
         Err(LockError::InvalidConfig(_))

@@ -6,13 +6,13 @@
 use std::time::Duration;
 
 use lock_core::{
-    AcquireOutcome, AcquireRequest, Fencing, LeaseId, LeaseStore, Queued, ReleaseOutcome,
+    AcquireOutcome, AcquireRequest, Fencing, LeaseId, LeaseStore, LockMode, Queued, ReleaseOutcome,
     RenewEntry, RenewOutcome, WaitOutcome,
 };
 use tokio::time::Instant;
 
 use crate::support::{
-    StoreFactory, expiry_slack, grant, held, holder_of, queued, short_ttl, unique_key,
+    StoreFactory, expiry_slack, grant, granted, held, holder_of, queued, short_ttl, unique_key,
 };
 
 /// Adds a waiting entry for `owner` (or fails the case when it is granted).
@@ -273,29 +273,34 @@ pub async fn queue_retried_request_adds_no_second_entry<F: StoreFactory>(factory
     assert_eq!(info.waiting, 1, "{info:?}");
 }
 
-/// Requests with another limit than the key's live entries are refused,
-/// naming the limit in use; once the key has no entry, any limit goes.
+/// Shared requests with another limit than the key's live shared entries
+/// are refused, naming the limit in use, queued or not; exclusive requests
+/// ignore the limit; once no shared entry lives, any limit goes.
 pub async fn queue_refuses_a_limit_mismatch<F: StoreFactory>(factory: &F) {
     let store = factory.connect().await;
     let ttl = 30 * short_ttl(&store.capabilities());
     let key = unique_key("queue_refuses_a_limit_mismatch");
-    let (alice, _) = grant(&store, &key, "alice", ttl).await;
+    let shared = |owner: &'static str, limit: u32| {
+        AcquireRequest::new(&key, owner, LeaseId::random(), ttl).with_mode(LockMode::Shared, limit)
+    };
+    let first = shared("alice", 2);
+    let alice = first.lease_id;
+    granted(store.acquire(first).await.unwrap());
     for queue in [None, Some(ttl)] {
-        let mut request = AcquireRequest::new(&key, "bob", LeaseId::random(), ttl)
-            .with_mode(lock_core::LockMode::Shared, 3);
+        let mut request = shared("bob", 3);
         if let Some(waiter_ttl) = queue {
             request = request.queued(waiter_ttl);
         }
         let outcome = store.acquire(request).await.unwrap();
-        assert_eq!(outcome, AcquireOutcome::LimitMismatch { limit: 1 });
+        assert_eq!(outcome, AcquireOutcome::LimitMismatch { limit: 2 });
     }
+    // An exclusive request waits for the shared holder, whatever the limit.
+    let (_, outcome) = crate::support::acquire(&store, &key, "carol", ttl).await;
+    assert_eq!(held(outcome).owner, "alice");
+    let info = store.inspect(&key).await.unwrap().expect("known key");
+    assert_eq!(info.limit, Some(2), "{info:?}");
     store.release(&key, alice, Fencing::Enabled).await.unwrap();
-    let request = AcquireRequest::new(&key, "bob", LeaseId::random(), ttl)
-        .with_mode(lock_core::LockMode::Shared, 3);
-    assert!(matches!(
-        store.acquire(request).await.unwrap(),
-        AcquireOutcome::Acquired(_)
-    ));
+    granted(store.acquire(shared("bob", 3)).await.unwrap());
 }
 
 /// With native waits, the release that promotes a waiting entry tells it.
