@@ -216,6 +216,7 @@ mod error;
 mod layout;
 mod lease;
 mod ops;
+mod queue;
 mod registry;
 mod store;
 mod sweep;
