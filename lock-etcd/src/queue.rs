@@ -13,6 +13,7 @@ use etcd_client::KeyValue;
 use lock_core::{Holder, LeaseId, LockMode, StoreError};
 
 use crate::layout::{Layout, decode_entry, decode_legacy, excerpt};
+use crate::watches::Gone;
 
 /// One live key of a lock key's range.
 #[derive(Debug, Clone)]
@@ -219,13 +220,13 @@ impl Ahead {
         }
     }
 
-    /// The etcd key `etcd_key` (of this lock key's range) was deleted.
-    pub(crate) fn deleted(&mut self, layout: &Layout, etcd_key: &[u8]) {
-        match layout.entry_of(etcd_key) {
-            Some((_, lease_id)) => {
+    /// A key of this lock key's range was deleted.
+    pub(crate) fn deleted(&mut self, gone: Gone) {
+        match gone {
+            Gone::Entry(lease_id) => {
                 self.entries.remove(&lease_id);
             }
-            None => self.legacy = false,
+            Gone::Legacy => self.legacy = false,
         }
     }
 
@@ -307,14 +308,13 @@ mod tests {
         assert!(!sorted.would_hold_at_end(S, 5));
         let mut ahead = sorted.ahead_of(1);
         assert!(!ahead.holds(S, 5));
-        ahead.deleted(&Layout::new("ns/"), b"ns/lock/k");
+        ahead.deleted(Gone::Legacy);
         assert!(ahead.holds(S, 5));
         assert_eq!(queue(vec![seen(2, X, None, 1)]).limit(), Some(1));
     }
 
     #[test]
     fn deletions_ahead_promote() {
-        let layout = Layout::new("ns/");
         let semaphore = queue(vec![
             seen(1, S, Some(2), 5),
             seen(2, S, Some(2), 6),
@@ -322,9 +322,9 @@ mod tests {
         ]);
         let mut ahead = semaphore.ahead_of(2);
         assert!(!ahead.holds(S, 2));
-        ahead.deleted(&layout, &layout.entry_key("k", LeaseId::from_u128(7)));
+        ahead.deleted(Gone::Entry(LeaseId::from_u128(7)));
         assert!(!ahead.holds(S, 2), "an entry that was not ahead");
-        ahead.deleted(&layout, &layout.entry_key("k", LeaseId::from_u128(2)));
+        ahead.deleted(Gone::Entry(LeaseId::from_u128(2)));
         assert!(ahead.holds(S, 2));
         assert_eq!(ahead.len(), 1);
     }

@@ -259,6 +259,11 @@ impl State {
         removed
     }
 
+    /// Whether this store tracks an entry on `key`.
+    pub(crate) fn has_entries(&self, key: &str) -> bool {
+        self.entries.contains_key(key)
+    }
+
     pub(crate) fn get(&self, key: &str, lease_id: LeaseId) -> Option<&Tracked> {
         self.entries.get(key)?.get(&lease_id)
     }

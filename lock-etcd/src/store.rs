@@ -1,6 +1,7 @@
 //! [`EtcdStore`]: the store handle, connecting, and what it tells about
-//! itself. The operations are in [`crate::ops`], the memory of grants in
-//! [`crate::registry`], the clean-ups in [`crate::sweep`].
+//! itself. The operations are in [`crate::ops`], the memory of entries in
+//! [`crate::registry`], the clean-ups in [`crate::sweep`], the waiters'
+//! watches in [`crate::watches`].
 
 use std::fmt;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use crate::error::store_error;
 use crate::layout::Layout;
 use crate::lease::EtcdLease;
 use crate::registry::Registry;
+use crate::watches::Watches;
 
 /// The batch limit reported to the locker: renewals cost the same whatever
 /// their size, so effectively none.
@@ -65,6 +67,8 @@ pub(crate) struct Inner {
     pub(crate) registry: Registry,
     /// Whether a clean-up pass of the sweeper runs.
     pub(crate) cleaning: AtomicBool,
+    /// The watches of the keys this store's waiters wait on.
+    pub(crate) watches: Arc<Watches>,
 }
 
 impl fmt::Debug for EtcdStore {
@@ -150,6 +154,7 @@ impl EtcdStore {
                 capabilities,
                 registry: Registry::default(),
                 cleaning: AtomicBool::new(false),
+                watches: Arc::default(),
             }),
         })
     }

@@ -184,6 +184,11 @@ pub(super) async fn acquire(
         let waiter_apart = waiter
             .as_ref()
             .filter(|waiter| !Arc::ptr_eq(waiter, &holder));
+        // Keep alive the lease the entry will most likely go on: the
+        // waiter's when this store already waits on (or holds) the key, else
+        // the holder's; the other one only if the guess was wrong.
+        let busy = waiter_apart.is_some()
+            && (inner.watches.is_watched(key) || inner.registry.lock().has_entries(key));
         let txn = match step {
             Step::Fast => shape.fast(holder.id, waiter.as_ref().map(|waiter| waiter.id)),
             Step::Unchanged { revision, waiting } => {
@@ -194,13 +199,18 @@ pub(super) async fn acquire(
                 shape.unchanged(revision, lease, waiting)
             }
         };
-        let (reply, kept_holder, kept_waiter) = tokio::join!(
+        let (reply, mut kept_holder, mut kept_waiter) = tokio::join!(
             inner.conn.txn(&txn),
-            holder.keep_alive(&inner.conn, started),
             async {
-                match waiter_apart {
-                    Some(waiter) => Some(waiter.keep_alive(&inner.conn, started).await),
-                    None => None,
+                match busy {
+                    false => Some(holder.keep_alive(&inner.conn, started).await),
+                    true => None,
+                }
+            },
+            async {
+                match (busy, waiter_apart) {
+                    (true, Some(waiter)) => Some(waiter.keep_alive(&inner.conn, started).await),
+                    _ => None,
                 }
             }
         );
@@ -220,7 +230,7 @@ pub(super) async fn acquire(
                 Step::Fast | Step::Unchanged { waiting: false, .. }
             );
         if added_holding {
-            let Some(ttl) = applied(store, &holder, kept_holder, key)? else {
+            let Some(ttl) = applied(store, &holder, kept_holder.take(), started, key).await? else {
                 // The lease ended after the put: the entry went with it.
                 step = Step::Fast;
                 continue;
@@ -308,7 +318,7 @@ pub(super) async fn acquire(
                     continue;
                 }
             }
-            let Some(ttl) = applied(store, &holder, kept_holder, key)? else {
+            let Some(ttl) = applied(store, &holder, kept_holder.take(), started, key).await? else {
                 step = Step::Fast;
                 continue;
             };
@@ -330,10 +340,9 @@ pub(super) async fn acquire(
             return Ok(AcquireOutcome::Acquired(grant));
         }
         // Waits.
-        let (lease, kept) = match (&waiter, kept_waiter) {
-            (Some(waiter), Some(kept)) if seen.etcd_lease == waiter.id => (waiter, kept),
-            (Some(waiter), None) if seen.etcd_lease == waiter.id => (waiter, kept_holder),
-            _ if seen.etcd_lease == holder.id => (&holder, kept_holder),
+        let (lease, kept) = match &waiter {
+            _ if seen.etcd_lease == holder.id => (&holder, kept_holder.take()),
+            Some(waiter) if seen.etcd_lease == waiter.id => (waiter, kept_waiter.take()),
             // An entry sent again without queueing, left waiting by an
             // earlier request on another etcd lease: it stands as it is.
             _ => {
@@ -343,7 +352,7 @@ pub(super) async fn acquire(
                 )));
             }
         };
-        let Some(ttl) = applied(store, lease, kept, key)? else {
+        let Some(ttl) = applied(store, lease, kept, started, key).await? else {
             step = Step::Fast;
             continue;
         };
@@ -375,14 +384,20 @@ pub(super) async fn acquire(
     Err(StoreError::unavailable("etcd leases kept ending during the acquisition").with_key(key))
 }
 
-/// The ttl a keep-alive of `lease` applied; `None` when the lease is gone
-/// (it is forgotten, and every key on it went with it).
-fn applied(
+/// The ttl a keep-alive of `lease` (sent alongside the transaction, or now
+/// when none was) applied; `None` when the lease is gone (it is forgotten,
+/// and every key on it went with it).
+async fn applied(
     store: &EtcdStore,
     lease: &Arc<EtcdLease>,
-    kept: Result<KeepAlive, StoreError>,
+    kept: Option<Result<KeepAlive, StoreError>>,
+    started: Instant,
     key: &str,
 ) -> Result<Option<std::time::Duration>, StoreError> {
+    let kept = match kept {
+        Some(kept) => kept,
+        None => lease.keep_alive(&store.inner.conn, started).await,
+    };
     match kept {
         Ok(KeepAlive::Alive { ttl }) => Ok(Some(ttl)),
         Ok(KeepAlive::Gone) => {

@@ -1,20 +1,21 @@
-//! wait_for_grant: a watch on the key's range, deciding locally from the
-//! deletions it reports when the entry holds.
+//! wait_for_grant: the key's feed of deletions (one watch per key and
+//! store), from which the waiter decides locally when its entry holds.
 
 use std::time::Duration;
 
-use etcd_client::{EventType, WatchFilterType, WatchOptions};
 use lock_core::{FencingToken, LeaseId, LockMode, StoreError, WaitOutcome};
 use tokio::time::Instant;
 
 use super::{queue_of, read_queue};
-use crate::error::{is_compacted, store_error};
+use crate::error::store_error;
 use crate::queue::Ahead;
 use crate::registry::Standing;
 use crate::store::EtcdStore;
+use crate::watches::{Gone, Subscription};
 
-/// How long a wait whose watch failed sleeps before answering `Changed`
-/// (at most), so a waiter polls about once a second while etcd is away.
+/// How long a wait whose queue read failed sleeps before answering
+/// `Changed` (at most), so a waiter polls about once a second while etcd is
+/// away.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 /// What the waiting entry is and what stands ahead of it.
@@ -25,29 +26,30 @@ struct Waiter {
     ahead: Ahead,
 }
 
-/// How a watch ended.
-enum Watched {
-    /// Every entry ahead is gone or compatible: the entry holds.
+/// What the feed told.
+enum Heard {
     Holds,
     /// The entry itself was deleted (released, expired).
     Gone,
-    /// The watch cannot go on from the revision it knew (compacted,
-    /// cancelled by etcd, closed): read the queue again.
-    Resync,
+    /// What is ahead is known only up to a revision the feed no longer
+    /// covers: read the queue again.
+    Reread,
+    Nothing,
 }
 
-/// Watches the key's range (entries and old lock key) for deletions from
-/// just after the revision at which the store last read the queue (when it
-/// added the entry, or renewed it), so a deletion in between is not
-/// missed; the entries that were ahead then are all that can stand in the
-/// way. Answers `Granted` once every entry ahead is gone or compatible
-/// (the release that promotes the entry is its notification, with no
-/// request of its own), `Changed` when the entry itself is gone or the
-/// watch failed, `TimedOut` after `max`. What the watch learnt is kept for
-/// the next wait and renewal.
+/// Follows the deletions in the key's range (entries and old lock key)
+/// from the revision at which the store last read the queue (when it added
+/// the entry, or renewed it): the entries that were ahead then are all
+/// that can stand in the way. Answers `Granted` once every entry ahead is
+/// gone or compatible (the release that promotes the entry is its
+/// notification, with no request of its own), `Changed` when the entry
+/// itself is gone or the queue could not be read, `TimedOut` after `max`.
+/// What the wait learnt is kept for the next wait and renewal.
 ///
-/// An entry this store does not track (added through another client) is
-/// placed by one read first.
+/// The deletions come from the store's watch of the key (see
+/// [`crate::watches`]); when the entry's last read predates that watch,
+/// or the entry is not tracked (added through another client), the wait
+/// reads the queue once first.
 pub(super) async fn wait_for_grant(
     store: &EtcdStore,
     key: &str,
@@ -55,59 +57,117 @@ pub(super) async fn wait_for_grant(
     max: Duration,
 ) -> WaitOutcome {
     let deadline = Instant::now() + max;
-    match tokio::time::timeout_at(deadline, watch_for_grant(store, key, lease_id)).await {
+    let inner = &store.inner;
+    let Some(subscription) = inner
+        .watches
+        .subscribe(&inner.conn, &inner.layout, key)
+    else {
+        tokio::time::sleep_until(deadline).await;
+        return WaitOutcome::TimedOut;
+    };
+    match tokio::time::timeout_at(deadline, follow(store, key, lease_id, &subscription)).await {
         Ok(Ok(outcome)) => outcome,
         Err(_) => WaitOutcome::TimedOut,
         Ok(Err(error)) => {
-            tracing::debug!(key, %error, "watching the queue failed; the waiter polls");
+            tracing::debug!(key, %error, "reading the queue failed; the waiter polls");
             tokio::time::sleep_until(deadline.min(Instant::now() + RETRY_AFTER_FAILURE)).await;
             WaitOutcome::Changed
         }
     }
 }
 
-async fn watch_for_grant(
+async fn follow(
     store: &EtcdStore,
     key: &str,
     lease_id: LeaseId,
+    subscription: &Subscription,
 ) -> Result<WaitOutcome, StoreError> {
+    let registry = &store.inner.registry;
     let granted = |create_revision: i64| {
-        store.inner.registry.lock().promote(key, lease_id);
+        registry.lock().promote(key, lease_id);
         WaitOutcome::Granted {
             token: u64::try_from(create_revision)
                 .ok()
                 .map(FencingToken::from),
         }
     };
+    let standing = registry.lock().standing(key, lease_id);
+    let mut waiter = match standing {
+        Some(Standing::Holds(create_revision)) => return Ok(granted(create_revision)),
+        Some(Standing::Waits {
+            create_revision,
+            mode,
+            limit,
+            ahead: Some(ahead),
+        }) => Some(Waiter {
+            create_revision,
+            mode,
+            limit,
+            ahead,
+        }),
+        _ => None,
+    };
+    let watch = &subscription.watch;
     loop {
-        let standing = store.inner.registry.lock().standing(key, lease_id);
-        let mut waiter = match standing {
-            Some(Standing::Holds(create_revision)) => return Ok(granted(create_revision)),
-            Some(Standing::Waits {
-                create_revision,
-                mode,
-                limit,
-                ahead: Some(ahead),
-            }) => Waiter {
-                create_revision,
-                mode,
-                limit,
-                ahead,
-            },
-            // Nothing known ahead: read the queue.
-            _ => match place(store, key, lease_id).await? {
-                Some(waiter) => waiter,
-                None => return Ok(WaitOutcome::Changed),
-            },
+        let changed = watch.changed.notified();
+        tokio::pin!(changed);
+        // Registered before looking, so no change of the feed is missed.
+        changed.as_mut().enable();
+        let heard = match &mut waiter {
+            None => Heard::Reread,
+            Some(waiter) => {
+                let feed = watch.feed();
+                if feed.from == 0 {
+                    Heard::Nothing
+                } else if waiter.ahead.revision < feed.dropped {
+                    Heard::Reread
+                } else {
+                    let own = Gone::Entry(lease_id);
+                    let mut heard = Heard::Nothing;
+                    for (_, gone) in feed.after(waiter.ahead.revision) {
+                        if *gone == own {
+                            heard = Heard::Gone;
+                            break;
+                        }
+                        waiter.ahead.deleted(*gone);
+                    }
+                    waiter.ahead.revision = waiter.ahead.revision.max(feed.seen);
+                    drop(feed);
+                    if matches!(heard, Heard::Nothing)
+                        && waiter.ahead.holds(waiter.mode, waiter.limit)
+                    {
+                        heard = Heard::Holds;
+                    }
+                    heard
+                }
+            }
         };
-        if waiter.ahead.holds(waiter.mode, waiter.limit) {
-            return Ok(granted(waiter.create_revision));
-        }
-        match watch(store, key, lease_id, &mut waiter).await? {
-            Watched::Holds => return Ok(granted(waiter.create_revision)),
-            Watched::Gone => return Ok(WaitOutcome::Changed),
-            Watched::Resync => {
-                store.inner.registry.lock().set_ahead(key, lease_id, None);
+        match heard {
+            Heard::Holds => {
+                let create_revision = waiter.as_ref().map_or(0, |w| w.create_revision);
+                return Ok(granted(create_revision));
+            }
+            Heard::Gone => return Ok(WaitOutcome::Changed),
+            Heard::Reread => {
+                // Only once the feed's watch is open: the read then covers
+                // every deletion the watch may not deliver.
+                if watch.feed().from == 0 {
+                    changed.await;
+                    continue;
+                }
+                match place(store, key, lease_id).await? {
+                    Some(placed) => waiter = Some(placed),
+                    None => return Ok(WaitOutcome::Changed),
+                }
+                continue;
+            }
+            Heard::Nothing => {
+                if let Some(waiter) = &waiter {
+                    registry
+                        .lock()
+                        .set_ahead(key, lease_id, Some(waiter.ahead.clone()));
+                }
+                changed.await;
             }
         }
     }
@@ -143,73 +203,4 @@ async fn place(
         limit: seen.limit.unwrap_or(1),
         ahead,
     }))
-}
-
-/// Follows deletions in the key's range from after `waiter.ahead.revision`
-/// until the entry holds or is gone, keeping the registry's copy of what
-/// is ahead up to date.
-async fn watch(
-    store: &EtcdStore,
-    key: &str,
-    lease_id: LeaseId,
-    waiter: &mut Waiter,
-) -> Result<Watched, StoreError> {
-    let inner = &store.inner;
-    let layout = &inner.layout;
-    let (start, end) = layout.range(key);
-    let own = layout.entry_key(key, lease_id);
-    let options = WatchOptions::new()
-        .with_range(end)
-        .with_start_revision(waiter.ahead.revision + 1)
-        .with_filters([WatchFilterType::NoPut]);
-    let opened = inner
-        .conn
-        .call(|client| {
-            let (mut watches, start) = (client.watch_client(), start.clone());
-            let options = options.clone();
-            async move { watches.watch(start, Some(options)).await }
-        })
-        .await;
-    let mut stream = match opened {
-        Ok(stream) => stream,
-        Err(error) if is_compacted(&error) => return Ok(Watched::Resync),
-        Err(error) => return Err(store_error(error, "watch", Some(key))),
-    };
-    loop {
-        let Some(reply) = stream
-            .message()
-            .await
-            .map_err(|error| store_error(error, "watch", Some(key)))?
-        else {
-            return Ok(Watched::Resync);
-        };
-        if reply.canceled() || reply.compact_revision() > 0 {
-            return Ok(Watched::Resync);
-        }
-        let mut changed = false;
-        for event in reply.events() {
-            let Some(kv) = event.kv() else { continue };
-            if event.event_type() != EventType::Delete {
-                continue;
-            }
-            if kv.key() == own.as_slice() {
-                return Ok(Watched::Gone);
-            }
-            waiter.ahead.deleted(layout, kv.key());
-            // Events come in revision order: everything up to this one was
-            // seen (the header's revision may be ahead of events still to
-            // come).
-            waiter.ahead.revision = waiter.ahead.revision.max(kv.mod_revision());
-            changed = true;
-        }
-        if changed {
-            inner
-                .registry
-                .lock()
-                .set_ahead(key, lease_id, Some(waiter.ahead.clone()));
-            if waiter.ahead.holds(waiter.mode, waiter.limit) {
-                return Ok(Watched::Holds);
-            }
-        }
-    }
 }
