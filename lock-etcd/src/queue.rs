@@ -122,12 +122,7 @@ impl Queue {
         if self.entries.is_empty() {
             return None;
         }
-        Some(
-            self.entries
-                .iter()
-                .find_map(|seen| seen.limit)
-                .unwrap_or(1),
-        )
+        Some(self.entries.iter().find_map(|seen| seen.limit).unwrap_or(1))
     }
 
     /// How many entries, from the head, hold.
@@ -212,10 +207,7 @@ impl Ahead {
             LockMode::Exclusive => self.entries.is_empty(),
             LockMode::Shared => {
                 usize::try_from(limit).is_ok_and(|limit| self.entries.len() < limit)
-                    && self
-                        .entries
-                        .values()
-                        .all(|mode| *mode == LockMode::Shared)
+                    && self.entries.values().all(|mode| *mode == LockMode::Shared)
             }
         }
     }

@@ -25,12 +25,13 @@ const MAX_BATCH: usize = 1 << 20;
 
 /// A [`LeaseStore`](lock_core::LeaseStore) on etcd: each key's queue is one
 /// etcd key per entry, attached to the store's own etcd leases, ordered by
-/// create revision (which is also the fencing token); waits are watches. `Debug` shows the URL it was
-/// connected with, secrets hidden.
+/// create revision (which is also the fencing token); waits are watches.
+/// `Debug` shows the URL it was connected with, secrets hidden.
 ///
 /// Cloning gives another handle on the same session (same connection, same
-/// etcd leases). See the [crate documentation](crate) for the layout in
-/// etcd, how renewals work, and the fencing recipe.
+/// etcd leases, same watches). See the [crate documentation](crate) for
+/// the layout in etcd, the transactions, how renewals and waiting work, and
+/// the fencing recipe.
 ///
 /// # Examples
 ///

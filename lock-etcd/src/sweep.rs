@@ -83,21 +83,21 @@ impl EtcdStore {
         let layout = &self.inner.layout;
         let state = self.inner.registry.lock();
         keys.iter()
-                .filter_map(|etcd_key| {
-                    let (key, lease_id) = layout.entry_of(etcd_key)?;
-                    let value = match state.claim_on_lease(key, lease_id, lease, now) {
-                        Claim::Claimed => return None,
-                        Claim::Stale(value) => Some(value),
-                        Claim::Unknown => None,
-                    };
-                    Some(Orphan {
-                        key: key.to_owned(),
-                        lease_id,
-                        value,
-                        lease: Some(lease.id),
-                        in_doubt: false,
-                    })
+            .filter_map(|etcd_key| {
+                let (key, lease_id) = layout.entry_of(etcd_key)?;
+                let value = match state.claim_on_lease(key, lease_id, lease, now) {
+                    Claim::Claimed => return None,
+                    Claim::Stale(value) => Some(value),
+                    Claim::Unknown => None,
+                };
+                Some(Orphan {
+                    key: key.to_owned(),
+                    lease_id,
+                    value,
+                    lease: Some(lease.id),
+                    in_doubt: false,
                 })
+            })
             .take(CLEANUP_BATCH)
             .collect()
     }
@@ -107,37 +107,35 @@ impl EtcdStore {
     /// was kept alive for others, and the entries acquisitions of unknown
     /// outcome may have put.
     pub(crate) fn sweep(&self, now: Instant) {
-        let orphans: Vec<Orphan> = {
-            let mut state = self.inner.registry.lock();
-            if !state.sweep_due(now) || self.inner.cleaning.load(Ordering::Acquire) {
-                return;
-            }
-            state.sweep_next_at(now + SWEEP_INTERVAL);
-            let mut orphans: Vec<Orphan> = state
-                .stale_entries(now, CLEANUP_BATCH)
-                .into_iter()
-                .map(|(key, lease_id, value, lease)| Orphan {
-                    key,
-                    lease_id,
-                    value: Some(value),
-                    lease: Some(lease.id),
-                    in_doubt: false,
-                })
-                .collect();
-            orphans.extend(
-                state
-                    .take_in_doubt(CLEANUP_BATCH)
+        let orphans: Vec<Orphan> =
+            {
+                let mut state = self.inner.registry.lock();
+                if !state.sweep_due(now) || self.inner.cleaning.load(Ordering::Acquire) {
+                    return;
+                }
+                state.sweep_next_at(now + SWEEP_INTERVAL);
+                let mut orphans: Vec<Orphan> = state
+                    .stale_entries(now, CLEANUP_BATCH)
                     .into_iter()
-                    .map(|doubt| Orphan {
+                    .map(|(key, lease_id, value, lease)| Orphan {
+                        key,
+                        lease_id,
+                        value: Some(value),
+                        lease: Some(lease.id),
+                        in_doubt: false,
+                    })
+                    .collect();
+                orphans.extend(state.take_in_doubt(CLEANUP_BATCH).into_iter().map(|doubt| {
+                    Orphan {
                         key: doubt.key,
                         lease_id: doubt.lease_id,
                         value: Some(doubt.value),
                         lease: None,
                         in_doubt: true,
-                    }),
-            );
-            orphans
-        };
+                    }
+                }));
+                orphans
+            };
         self.spawn_cleanup(orphans);
     }
 
@@ -276,7 +274,8 @@ impl EtcdStore {
                 .map_err(|error| store_error(error, "clean-up", chunk.first().map(|e| e.0)))?;
             let outcomes = reply.op_responses();
             for (index, (key, lease_id, _, _)) in chunk.iter().enumerate() {
-                let done = matches!(outcomes.get(index), Some(TxnOpResponse::Txn(txn)) if txn.succeeded());
+                let done =
+                    matches!(outcomes.get(index), Some(TxnOpResponse::Txn(txn)) if txn.succeeded());
                 if done {
                     self.inner.registry.forget(key, *lease_id);
                 }

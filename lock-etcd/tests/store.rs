@@ -129,7 +129,12 @@ async fn a_dead_holders_lock_is_free_within_its_ttl_unless_a_slack_is_set() {
             .wait_for_grant(&key, next, Duration::from_secs(20))
             .await;
         let taken_over = started.elapsed();
-        assert_eq!(heard, WaitOutcome::Granted { token: queued.token });
+        assert_eq!(
+            heard,
+            WaitOutcome::Granted {
+                token: queued.token
+            }
+        );
         assert!(
             taken_over >= ttl,
             "{slack:?}: taken over after {taken_over:?}"
@@ -263,14 +268,20 @@ async fn fenced_etcd_writes_fail_after_the_lock_moved_on() {
                 .expect("fits")])
             .and_then([TxnOp::put(data.clone(), body, None)])
     };
-    let reply = client.txn(write(&first, &first_token, "first")).await.expect("txn");
+    let reply = client
+        .txn(write(&first, &first_token, "first"))
+        .await
+        .expect("txn");
     assert!(reply.succeeded(), "the holder's write commits");
     first.unlock().await.expect("unlock");
 
     let second = locker.try_lock(&id).await.expect("lock again");
     let second_token = second.fencing_token().cloned().expect("token");
     assert!(second_token > first_token);
-    let stale = client.txn(write(&first, &first_token, "stale")).await.expect("txn");
+    let stale = client
+        .txn(write(&first, &first_token, "stale"))
+        .await
+        .expect("txn");
     assert!(!stale.succeeded(), "a stale holder's write is refused");
     let fresh = client
         .txn(write(&second, &second_token, "second"))

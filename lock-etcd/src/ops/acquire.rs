@@ -5,7 +5,9 @@
 
 use std::sync::Arc;
 
-use etcd_client::{Compare, CompareOp, GetResponse, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse};
+use etcd_client::{
+    Compare, CompareOp, GetResponse, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
+};
 use lock_core::{AcquireOutcome, AcquireRequest, FencingToken, Grant, Holder, Queued, StoreError};
 use tokio::time::Instant;
 
@@ -225,10 +227,7 @@ pub(super) async fn acquire(
         };
         store.sweep(started);
         let added_holding = reply.succeeded()
-            && matches!(
-                step,
-                Step::Fast | Step::Unchanged { waiting: false, .. }
-            );
+            && matches!(step, Step::Fast | Step::Unchanged { waiting: false, .. });
         if added_holding {
             let Some(ttl) = applied(store, &holder, kept_holder.take(), started, key).await? else {
                 // The lease ended after the put: the entry went with it.
@@ -236,7 +235,16 @@ pub(super) async fn acquire(
                 continue;
             };
             let revision = revision_of(&reply);
-            track(store, key, &request, &holder, &value, revision, started, Phase::Held);
+            track(
+                store,
+                key,
+                &request,
+                &holder,
+                &value,
+                revision,
+                started,
+                Phase::Held,
+            );
             pending.settle();
             let mut grant = Grant::new(ttl);
             if let Some(token) = token(revision) {
@@ -377,8 +385,12 @@ pub(super) async fn acquire(
         return Ok(AcquireOutcome::Queued(queued));
     }
     if let Some(holder) = last_holder {
-        // The queue kept changing under a try: it was held each time.
-        pending.settle();
+        // The queue kept changing: it was held each time. A queueing
+        // request may have left its entry on the way: unsettled, it is
+        // remembered for the sweeper to delete.
+        if request.queue.is_none() {
+            pending.settle();
+        }
         return Ok(AcquireOutcome::Held(holder));
     }
     Err(StoreError::unavailable("etcd leases kept ending during the acquisition").with_key(key))

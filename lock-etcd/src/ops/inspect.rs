@@ -70,8 +70,8 @@ pub(super) async fn inspect(store: &EtcdStore, key: &str) -> Result<Option<Lease
             Some(seen.holder().with_remaining(left))
         })
         .collect();
-    let mut info = LeaseInfo::new(holders, last_token)
-        .with_waiting(queue.entries.len() - holding.len());
+    let mut info =
+        LeaseInfo::new(holders, last_token).with_waiting(queue.entries.len() - holding.len());
     if let Some(limit) = queue.limit() {
         info = info.with_limit(limit);
     }

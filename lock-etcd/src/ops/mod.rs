@@ -159,9 +159,9 @@ async fn move_entries(
             Err(error) => return Err(store_error(error, "move to the holder's lease", key)),
         };
         let outcomes = reply.op_responses();
-        moved.extend((0..chunk.len()).map(|index| {
-            matches!(outcomes.get(index), Some(TxnOpResponse::Txn(txn)) if txn.succeeded())
-        }));
+        moved.extend((0..chunk.len()).map(
+            |index| matches!(outcomes.get(index), Some(TxnOpResponse::Txn(txn)) if txn.succeeded()),
+        ));
     }
     Ok(moved)
 }

@@ -236,7 +236,11 @@ pub(super) async fn renew(
                         (Some((queue, at)), Some((applied, _))) => match entry.wait_ttl {
                             Some(_) => {
                                 state.renewed(entry.key, entry.lease_id, started);
-                                state.set_ahead(entry.key, entry.lease_id, Some(queue.ahead_of(at)));
+                                state.set_ahead(
+                                    entry.key,
+                                    entry.lease_id,
+                                    Some(queue.ahead_of(at)),
+                                );
                                 Some(RenewOutcome::Waiting {
                                     ttl: applied,
                                     retry_after: None,
@@ -246,12 +250,7 @@ pub(super) async fn renew(
                             // it is mistaken; remove it rather than let it
                             // hold later for nobody.
                             None => {
-                                mistaken.push((
-                                    entry.key,
-                                    entry.lease_id,
-                                    value.clone(),
-                                    None,
-                                ));
+                                mistaken.push((entry.key, entry.lease_id, value.clone(), None));
                                 Some(RenewOutcome::Lost)
                             }
                         },

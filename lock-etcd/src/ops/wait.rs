@@ -58,10 +58,7 @@ pub(super) async fn wait_for_grant(
 ) -> WaitOutcome {
     let deadline = Instant::now() + max;
     let inner = &store.inner;
-    let Some(subscription) = inner
-        .watches
-        .subscribe(&inner.conn, &inner.layout, key)
-    else {
+    let Some(subscription) = inner.watches.subscribe(&inner.conn, &inner.layout, key) else {
         tokio::time::sleep_until(deadline).await;
         return WaitOutcome::TimedOut;
     };
@@ -86,9 +83,7 @@ async fn follow(
     let granted = |create_revision: i64| {
         registry.lock().promote(key, lease_id);
         WaitOutcome::Granted {
-            token: u64::try_from(create_revision)
-                .ok()
-                .map(FencingToken::from),
+            token: u64::try_from(create_revision).ok().map(FencingToken::from),
         }
     };
     let standing = registry.lock().standing(key, lease_id);
