@@ -168,8 +168,8 @@
 //!   most once a second, on acquisitions and renewals); renewals also
 //!   delete keys of the leases' key lists that no entry claims, and
 //!   entries no renewal covered for their whole ttl; and an acquisition or
-//!   renewal that finds such an entry of its own store in a queue it read
-//!   deletes it. So a shared etcd lease does not keep an unwanted entry
+//!   renewal that finds an entry of its own store whose ttl ran out in a
+//!   queue it read deletes it. So a shared etcd lease does not keep an unwanted entry
 //!   alive much beyond its ttl, and never beyond the etcd lease once the
 //!   store goes quiet.
 //!

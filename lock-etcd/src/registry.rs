@@ -19,9 +19,9 @@
 //! - An entry is **claimed** by this store while it is tracked and has not
 //!   gone a whole ttl of its etcd lease without a renewal
 //!   ([`Tracked::stale`]), or while an acquisition of its lease id is
-//!   pending. Claimed entries are never deleted by clean-ups nor skipped by
-//!   the store's own acquisitions ([`State::own_unclaimed`],
-//!   [`State::claims`], [`State::claim_on_lease`]).
+//!   pending. Claimed entries are never deleted by clean-ups
+//!   ([`State::own_unclaimed`], [`State::claims`],
+//!   [`State::claim_on_lease`]).
 //! - An entry is forgotten only under its own lease id; and all entries of
 //!   an etcd lease go when that lease is gone ([`Registry::lease_gone`]) or
 //!   was replaced after surely running out.
@@ -223,11 +223,6 @@ impl State {
         self.entries.retain(|_, of_key| !of_key.is_empty());
     }
 
-    /// Whether the etcd lease with id `etcd_lease` is one new entries go on.
-    pub(crate) fn is_current_lease(&self, etcd_lease: i64) -> bool {
-        self.current.values().any(|lease| lease.id == etcd_lease)
-    }
-
     /// Records an entry, replacing (and uncounting) an older record of the
     /// same lease id.
     pub(crate) fn record(&mut self, key: &str, lease_id: LeaseId, mut tracked: Tracked) {
@@ -353,28 +348,19 @@ impl State {
     }
 
     /// What an acquisition or a renewal that read `key`'s queue should make
-    /// of an entry `seen` in it: the value to delete when this store put it
-    /// and nothing claims it any more (its ttl ran out while the shared
-    /// etcd lease lived on, or it is the entry of an acquisition whose
-    /// outcome was lost); `None` otherwise.
+    /// of an entry `seen` in it: the value to delete when it is an entry of
+    /// this store whose ttl ran out without a renewal while the shared etcd
+    /// lease lived on (expired by the contract, but still in everyone's
+    /// way); `None` otherwise. Untracked entries on the store's leases are
+    /// left to the sweeper and the renewals' key lists, which look again
+    /// before deleting: one read here may be older than a release that
+    /// already forgot its entry.
     pub(crate) fn own_unclaimed(&self, key: &str, seen: &Seen, now: Instant) -> Option<Vec<u8>> {
         if seen.is_legacy() {
             return None;
         }
-        match self.get(key, seen.lease_id) {
-            // Expired by the contract, kept alive for others.
-            Some(tracked) => (tracked.stale(now) && tracked.lease.id == seen.etcd_lease)
-                .then(|| seen.value.clone()),
-            None => {
-                let pending = self
-                    .pending
-                    .get(key)
-                    .is_some_and(|ids| ids.contains(&seen.lease_id));
-                // Put by this store, but nothing claims it: an
-                // acquisition whose outcome was lost.
-                (self.is_current_lease(seen.etcd_lease) && !pending).then(|| seen.value.clone())
-            }
-        }
+        let tracked = self.get(key, seen.lease_id)?;
+        (tracked.stale(now) && tracked.lease.id == seen.etcd_lease).then(|| seen.value.clone())
     }
 
     /// Whether the entry of `lease_id` on `key`, listed on this store's

@@ -134,8 +134,9 @@ fn last_read(reply: &TxnResponse) -> Option<GetResponse> {
 /// queue read (shared, behind fewer shared holders than the limit), or
 /// that queues behind an old lock key, adds it with a second transaction
 /// that checks no entry was created since the read. Entries of this store
-/// that nothing claims any more are deleted (by exact value) and the
-/// transaction sent again; so is one whose etcd lease turned out gone.
+/// whose ttl ran out without a renewal (kept alive by a shared etcd lease)
+/// are deleted (by exact value) and the transaction sent again; so is one
+/// whose etcd lease turned out gone.
 pub(super) async fn acquire(
     store: &EtcdStore,
     request: AcquireRequest<'_>,
@@ -259,8 +260,8 @@ pub(super) async fn acquire(
         let queue = Queue::parse(layout, key, read.kvs(), revision_of(&reply))?;
         last_holder = queue.first_holder().or(last_holder);
 
-        // Entries of this store that nothing claims any more stand in the
-        // way: delete them and look again.
+        // Entries of this store whose ttl ran out stand in the way: delete
+        // them and look again.
         let unclaimed: Vec<_> = {
             let state = inner.registry.lock();
             let now = Instant::now();
