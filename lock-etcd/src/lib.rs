@@ -87,17 +87,23 @@
 //!   whether it was live): one request, and the handoff. The entries it
 //!   kept waiting hold from that revision on.
 //! - **waiting** ([`wait_for_grant`](lock_core::LeaseStore::wait_for_grant)):
-//!   the store remembers, from the read that placed the entry, which entries
-//!   are ahead of it, and watches the range for deletions from the revision
-//!   of that read (so nothing in between is missed). A release or an
-//!   expiry (etcd deletes the keys of a lease that ran out) of an entry
-//!   ahead arrives as a delete event, and the waiter decides locally when
-//!   every entry ahead is gone or compatible: `Granted` with its token, no
-//!   request of its own. A release wakes only the watches of its key, and
-//!   an uncontended key has none. Each waiting `lock()` call opens a watch
-//!   stream (streams share the connection). When a watch cannot go on
-//!   (compacted, broken), the waiter reads the queue again, or answers
-//!   `Changed` and the locker renews its entry.
+//!   the store remembers, from the read that placed the entry (its
+//!   acquisition, or a renewal), which entries are ahead of it. Each store
+//!   keeps one watch of the range per key its waiters wait on, opened at
+//!   the current revision and shared by all of them, and buffers the
+//!   deletions it reports. A release or an expiry (etcd deletes the keys of
+//!   a lease that ran out) of an entry ahead arrives as a delete event, and
+//!   the waiter decides locally when every entry ahead is gone or
+//!   compatible: `Granted` with its token, no request of its own. A
+//!   waiter whose read predates the watch (the first waiter on a key, or
+//!   after the watch was opened again) reads the queue once more first.
+//!   The watch is not started from the read's revision because etcd
+//!   delivers a watch that starts in the past only after its catch-up
+//!   loop, every 100 ms, which would delay handoffs by as much. A release
+//!   sends events only to the watches of its key (one per store with
+//!   waiters on it), and an uncontended key has none. A watch that breaks
+//!   is opened again by the store; while it is down, waiters learn their
+//!   turn from their renewals.
 //! - A promoted entry keeps its waiter lease (and expiry) until its next
 //!   renewal, which puts it again on the holder's lease, conditional on its
 //!   create revision: same place, same token.
@@ -124,9 +130,12 @@
 //! nobody renews).
 //!
 //! - Alongside each acquisition's transaction, in the same round trip, goes
-//!   a keep-alive of the etcd leases the entry may go on (shared by
-//!   concurrent callers), so the reported ttl is never counted from an
-//!   older keep-alive; with a [lease slack](EtcdConfig::lease_slack) of
+//!   a keep-alive of the etcd lease the entry most likely goes on (the
+//!   waiter's when the store already waits on the key or holds an entry of
+//!   it, else the holder's; shared by concurrent callers), so the reported
+//!   ttl is never counted from an older keep-alive (a wrong guess costs a
+//!   keep-alive after the transaction); with a
+//!   [lease slack](EtcdConfig::lease_slack) of
 //!   1 s it is skipped when the lease had one within the last second (see
 //!   *Time to live*). If the lease turns out gone (expired between calls),
 //!   the entry went with it and the store grants a fresh lease and tries
@@ -301,9 +310,9 @@
 //! - Fence keys stay: one empty key per lock id ever granted with fencing
 //!   (as SQL stores keep one row). Delete `<namespace>fence/` keys of ids
 //!   that are retired for good, if they pile up.
-//! - Each waiting `lock()` call opens a watch stream of its own for as long
-//!   as it waits (streams share the connection), and each release on a key
-//!   sends an event to every watch of the key.
+//! - A store keeps one watch stream open per key its waiters wait on (on
+//!   its connection), from the first waiter until two seconds after the
+//!   last one left.
 #![forbid(unsafe_code)]
 
 mod config;
