@@ -327,10 +327,7 @@ async fn renewal_of_many_locks(
     // Time one renewal call of the whole batch directly.
     let entries: Vec<lock_core::RenewEntry<'_>> = guards
         .iter()
-        .map(|guard| lock_core::RenewEntry {
-            key: guard.key(),
-            lease_id: guard.lease_id(),
-        })
+        .map(|guard| lock_core::RenewEntry::held(guard.key(), guard.lease_id()))
         .collect();
     let mut times = Vec::new();
     for _ in 0..5 {

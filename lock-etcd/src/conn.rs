@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use etcd_client::{Client, Error, GetResponse, Txn, TxnResponse};
+use etcd_client::{Client, DeleteResponse, Error, GetResponse, Txn, TxnResponse};
 
 /// The etcd client with the store's request timeout and fail-over rule.
 #[derive(Clone)]
@@ -51,6 +51,15 @@ impl Conn {
         self.call(|client| {
             let (mut kv, txn) = (client.kv_client(), txn.clone());
             async move { kv.txn(txn).await }
+        })
+        .await
+    }
+
+    /// A deletion of one key, with fail-over.
+    pub(crate) async fn delete(&self, key: &[u8]) -> Result<DeleteResponse, Error> {
+        self.call(|client| {
+            let (mut kv, key) = (client.kv_client(), key.to_vec());
+            async move { kv.delete(key, None).await }
         })
         .await
     }

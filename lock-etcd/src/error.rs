@@ -92,11 +92,6 @@ pub(crate) fn is_lease_not_found(error: &Error) -> bool {
     }
 }
 
-/// Whether `error` says the requested revision was compacted away.
-pub(crate) fn is_compacted(error: &Error) -> bool {
-    matches!(error, Error::GRpcStatus(status) if status.message().contains("compacted"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,7 +163,7 @@ mod tests {
     }
 
     #[test]
-    fn recognizes_missing_leases_compaction_and_unsent_requests() {
+    fn recognizes_missing_leases_and_unsent_requests() {
         assert!(is_lease_not_found(&status(
             Code::NotFound,
             "etcdserver: requested lease not found"
@@ -177,10 +172,6 @@ mod tests {
             "lease not found".into()
         )));
         assert!(!is_lease_not_found(&status(Code::NotFound, "other")));
-        assert!(is_compacted(&status(
-            Code::OutOfRange,
-            "etcdserver: mvcc: required revision has been compacted"
-        )));
         assert!(is_unsent(&status(Code::Unavailable, "tcp connect error")));
         assert!(!is_unsent(&status(Code::Unavailable, "transport error")));
     }

@@ -1,6 +1,7 @@
 //! [`EtcdStore`]: the store handle, connecting, and what it tells about
-//! itself. The operations are in [`crate::ops`], the memory of grants in
-//! [`crate::registry`], the clean-ups in [`crate::sweep`].
+//! itself. The operations are in [`crate::ops`], the memory of entries in
+//! [`crate::registry`], the clean-ups in [`crate::sweep`], the waiters'
+//! watches in [`crate::watches`].
 
 use std::fmt;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions};
-use lock_core::{Capabilities, FencingToken, StoreError, StoreErrorKind};
+use lock_core::{Capabilities, FencingToken, LeaseId, StoreError, StoreErrorKind};
 
 use crate::config::EtcdConfig;
 use crate::conn::Conn;
@@ -16,19 +17,21 @@ use crate::error::store_error;
 use crate::layout::Layout;
 use crate::lease::EtcdLease;
 use crate::registry::Registry;
+use crate::watches::Watches;
 
 /// The batch limit reported to the locker: renewals cost the same whatever
 /// their size, so effectively none.
 const MAX_BATCH: usize = 1 << 20;
 
-/// A [`LeaseStore`](lock_core::LeaseStore) on etcd: locks are keys
-/// attached to the store's own etcd leases, fencing tokens are the keys'
-/// create revisions, waits are watches. `Debug` shows the URL it was
-/// connected with, secrets hidden.
+/// A [`LeaseStore`](lock_core::LeaseStore) on etcd: each key's queue is one
+/// etcd key per entry, attached to the store's own etcd leases, ordered by
+/// create revision (which is also the fencing token); waits are watches.
+/// `Debug` shows the URL it was connected with, secrets hidden.
 ///
 /// Cloning gives another handle on the same session (same connection, same
-/// etcd leases). See the [crate documentation](crate) for the layout in
-/// etcd, how renewals work, and the fencing recipe.
+/// etcd leases, same watches). See the [crate documentation](crate) for
+/// the layout in etcd, the transactions, how renewals and waiting work, and
+/// the fencing recipe.
 ///
 /// # Examples
 ///
@@ -65,6 +68,8 @@ pub(crate) struct Inner {
     pub(crate) registry: Registry,
     /// Whether a clean-up pass of the sweeper runs.
     pub(crate) cleaning: AtomicBool,
+    /// The watches of the keys this store's waiters wait on.
+    pub(crate) watches: Arc<Watches>,
 }
 
 impl fmt::Debug for EtcdStore {
@@ -150,6 +155,7 @@ impl EtcdStore {
                 capabilities,
                 registry: Registry::default(),
                 cleaning: AtomicBool::new(false),
+                watches: Arc::default(),
             }),
         })
     }
@@ -165,11 +171,20 @@ impl EtcdStore {
         self.inner.layout.namespace()
     }
 
-    /// The etcd key that holds the lease on lock key `key` (the locker's
-    /// prefix and the lock id, as [`LockGuard::key`](lock_core::LockGuard::key)
-    /// gives it): `<namespace>lock/<key>`.
-    pub fn etcd_lock_key(&self, key: &str) -> Vec<u8> {
-        self.inner.layout.lock_key(key)
+    /// The etcd key of the entry of `lease_id` on lock key `key` (the
+    /// locker's prefix and the lock id, as
+    /// [`LockGuard::key`](lock_core::LockGuard::key) gives it, and
+    /// [`LockGuard::lease_id`](lock_core::LockGuard::lease_id)):
+    /// `<namespace>lock/<key>\0<lease id, 32 hex digits>`.
+    pub fn etcd_entry_key(&self, key: &str, lease_id: LeaseId) -> Vec<u8> {
+        self.inner.layout.entry_key(key, lease_id)
+    }
+
+    /// The etcd key range `[start, end)` holding every entry of lock key
+    /// `key` (and the previous version's lock key, `start` itself): for a
+    /// range read or a watch of the key's queue.
+    pub fn etcd_queue_range(&self, key: &str) -> (Vec<u8>, Vec<u8>) {
+        self.inner.layout.range(key)
     }
 
     /// The etcd key whose mod revision is the last fencing token granted for
@@ -178,16 +193,22 @@ impl EtcdStore {
         self.inner.layout.fence_key(key)
     }
 
-    /// A transaction comparison that holds only while the lock on `key` is
-    /// still the grant that carried `token`: the lock key exists and was
-    /// created at revision `token`. Put it in the `when` of a transaction
+    /// A transaction comparison that holds only while the entry of
+    /// `lease_id` on `key` is still the one that carried `token`: its key
+    /// exists and was created at revision `token` (a held lock's token is
+    /// its entry's create revision). Put it in the `when` of a transaction
     /// that writes the protected data, and the write commits only while the
     /// lock is held (see the crate documentation). `None` when the token is
     /// larger than any etcd revision.
-    pub fn fence_compare(&self, key: &str, token: &FencingToken) -> Option<Compare> {
+    pub fn fence_compare(
+        &self,
+        key: &str,
+        lease_id: LeaseId,
+        token: &FencingToken,
+    ) -> Option<Compare> {
         let revision = i64::try_from(token.to_u64()?).ok()?;
         Some(Compare::create_revision(
-            self.etcd_lock_key(key),
+            self.etcd_entry_key(key, lease_id),
             CompareOp::Equal,
             revision,
         ))
@@ -198,11 +219,12 @@ impl EtcdStore {
         Duration::from_secs(self.inner.min_ttl_secs)
     }
 
-    /// How many locks this store granted and still tracks (for tests and
-    /// diagnostics).
+    /// How many entries (held locks and waiting `lock()` calls) this store
+    /// made and still tracks (for tests and diagnostics).
     pub fn tracked_locks(&self) -> usize {
         self.inner.registry.lock().tracked()
     }
+
     /// Whole seconds of etcd ttl for a requested `ttl`: rounded up, at least
     /// the server's minimum.
     pub(crate) fn ttl_secs(&self, ttl: Duration) -> u64 {

@@ -10,7 +10,7 @@ use conformance_tests::unique_key;
 use etcd_client::{PutOptions, Txn, TxnOp};
 use lock_core::{
     AcquireOutcome, AcquireRequest, LeaseId, LeaseLocker, LeaseStore, LockError, Locker,
-    LockerOptions, ReleaseOutcome, RenewEntry, RenewOutcome, StoreErrorKind,
+    LockerOptions, ReleaseOutcome, RenewEntry, RenewOutcome, StoreErrorKind, WaitOutcome,
 };
 use lock_etcd::{EtcdConfig, EtcdStore};
 
@@ -66,10 +66,12 @@ async fn a_lease_under_the_minimum_is_refused_at_build_time() {
         }
         other => panic!("expected InvalidConfig, got {other:?}"),
     }
+    // The default waiter ttl (two heartbeats) would be below the minimum.
     let options = LockerOptions::builder()
         .lease(min)
         .heartbeat(min / 3)
         .store_timeout(min / 7)
+        .waiter_ttl(min)
         .build()
         .expect("valid");
     let locker = LeaseLocker::new(store, options).expect("the minimum is accepted");
@@ -93,15 +95,16 @@ async fn applied_ttls_are_whole_seconds_rounded_up() {
         let request = AcquireRequest::new(&key, "alice", LeaseId::random(), asked);
         match store.acquire(request).await.expect("acquire") {
             AcquireOutcome::Acquired(grant) => assert_eq!(grant.ttl, applied, "{asked:?}"),
-            AcquireOutcome::Held(holder) => panic!("held: {holder:?}"),
+            other => panic!("not granted: {other:?}"),
         }
     }
 }
 
 /// How long after a grant that is never renewed (its holder died at once)
-/// another client gets the lock: not before the holder's deadline, and by
-/// default within the ttl plus etcd's expiry lag; with a lease slack of
-/// 1 s, about a second later.
+/// the entry waiting behind it holds: not before the holder's deadline,
+/// and by default within the ttl plus etcd's expiry lag; with a lease slack
+/// of 1 s, about a second later. The waiter hears it from its watch (etcd
+/// deletes the expired entry), with no request of its own.
 #[tokio::test]
 async fn a_dead_holders_lock_is_free_within_its_ttl_unless_a_slack_is_set() {
     let Some(server) = server().await else { return };
@@ -117,19 +120,21 @@ async fn a_dead_holders_lock_is_free_within_its_ttl_unless_a_slack_is_set() {
             panic!("the key is new");
         };
         assert_eq!(grant.ttl, ttl);
-        let taken_over = loop {
-            let request = AcquireRequest::new(&key, "next", LeaseId::random(), ttl);
-            match waiter.acquire(request).await.expect("acquire") {
-                AcquireOutcome::Acquired(_) => break started.elapsed(),
-                AcquireOutcome::Held(_) => {
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(5),
-                        waiter.wait_for_change(&key, Duration::from_secs(5)),
-                    )
-                    .await;
-                }
-            }
+        let next = LeaseId::random();
+        let request = AcquireRequest::new(&key, "next", next, ttl).queued(ttl * 10);
+        let AcquireOutcome::Queued(queued) = waiter.acquire(request).await.expect("queue") else {
+            panic!("the key is held");
         };
+        let heard = waiter
+            .wait_for_grant(&key, next, Duration::from_secs(20))
+            .await;
+        let taken_over = started.elapsed();
+        assert_eq!(
+            heard,
+            WaitOutcome::Granted {
+                token: queued.token
+            }
+        );
         assert!(
             taken_over >= ttl,
             "{slack:?}: taken over after {taken_over:?}"
@@ -146,64 +151,72 @@ async fn a_dead_holders_lock_is_free_within_its_ttl_unless_a_slack_is_set() {
                 "the slack keeps the lock a second longer: {taken_over:?}"
             );
         }
+        waiter
+            .release(&key, next, lock_core::Fencing::Enabled)
+            .await
+            .expect("release");
         drop(dead);
     }
 }
 
-/// A lock key holding something that is not a dlock lease gives a clear
-/// Corrupt error naming the key, from acquire, inspect and the locker;
-/// release leaves it alone.
+/// A key in a lock's range holding something that is not a dlock entry
+/// (nor an old lock) gives a clear Corrupt error naming the key, from
+/// acquire, inspect and the locker; release leaves it alone.
 #[tokio::test]
 async fn garbage_in_a_lock_key_is_a_corrupt_error() {
     let Some(server) = server().await else { return };
     let store = connect(server).await;
     let mut client = store.client().clone();
     let key = unique_key("garbage");
-    let etcd_key = store.etcd_lock_key(&key);
-    client
-        .put(etcd_key.clone(), "not a lock", None)
-        .await
-        .expect("put");
+    let (old_lock_key, _) = store.etcd_queue_range(&key);
+    let squatter = LeaseId::random();
+    for etcd_key in [old_lock_key.clone(), store.etcd_entry_key(&key, squatter)] {
+        client
+            .put(etcd_key.clone(), "not a lock", None)
+            .await
+            .expect("put");
 
-    let request = AcquireRequest::new(&key, "alice", LeaseId::random(), store.min_ttl());
-    let error = store
-        .acquire(request)
-        .await
-        .expect_err("garbage is not free");
-    assert_eq!(error.kind(), StoreErrorKind::Corrupt);
-    assert_eq!(error.key(), Some(key.as_str()));
-    assert!(error.to_string().contains("not a lock"), "{error}");
-    eprintln!("{error}");
-    assert!(!error.is_retryable());
-    let error = store.inspect(&key).await.expect_err("inspect");
-    assert_eq!(error.kind(), StoreErrorKind::Corrupt);
+        let request = AcquireRequest::new(&key, "alice", LeaseId::random(), store.min_ttl());
+        let error = store
+            .acquire(request)
+            .await
+            .expect_err("garbage is not free");
+        assert_eq!(error.kind(), StoreErrorKind::Corrupt);
+        assert_eq!(error.key(), Some(key.as_str()));
+        assert!(error.to_string().contains("not a lock"), "{error}");
+        eprintln!("{error}");
+        assert!(!error.is_retryable());
+        let error = store.inspect(&key).await.expect_err("inspect");
+        assert_eq!(error.kind(), StoreErrorKind::Corrupt);
 
-    let options = LockerOptions::builder()
-        .lease(store.min_ttl() * 2)
-        .build()
-        .expect("options");
-    let locker = LeaseLocker::new(store.clone(), options).expect("locker");
-    match locker.try_lock(&key).await {
-        Err(LockError::Store(error)) => assert_eq!(error.kind(), StoreErrorKind::Corrupt),
-        other => panic!("expected a Corrupt store error, got {other:?}"),
+        let options = LockerOptions::builder()
+            .lease(store.min_ttl() * 2)
+            .build()
+            .expect("options");
+        let locker = LeaseLocker::new(store.clone(), options).expect("locker");
+        match locker.try_lock(&key).await {
+            Err(LockError::Store(error)) => assert_eq!(error.kind(), StoreErrorKind::Corrupt),
+            other => panic!("expected a Corrupt store error, got {other:?}"),
+        }
+        let released = store
+            .release(&key, LeaseId::random(), lock_core::Fencing::Enabled)
+            .await
+            .expect("release");
+        assert_eq!(released, ReleaseOutcome::NotHeld);
+        client.delete(etcd_key, None).await.expect("delete");
     }
-    let released = store
-        .release(&key, LeaseId::random(), lock_core::Fencing::Enabled)
-        .await
-        .expect("release");
-    assert_eq!(released, ReleaseOutcome::NotHeld);
 
     // A dlock value without an etcd lease would never expire: also Corrupt.
     let value = format!("dlock1:{}:mallory", LeaseId::random());
     client
-        .put(etcd_key.clone(), value, Some(PutOptions::new()))
+        .put(old_lock_key.clone(), value, Some(PutOptions::new()))
         .await
         .expect("put");
     let request = AcquireRequest::new(&key, "alice", LeaseId::random(), store.min_ttl());
     let error = store.acquire(request).await.expect_err("no lease");
     assert_eq!(error.kind(), StoreErrorKind::Corrupt);
     assert!(error.to_string().contains("never expire"), "{error}");
-    client.delete(etcd_key, None).await.expect("delete");
+    client.delete(old_lock_key, None).await.expect("delete");
 }
 
 /// Passwords never show in errors or `Debug`, even when the server refuses
@@ -230,9 +243,9 @@ async fn credentials_stay_out_of_errors_and_debug() {
     assert!(!format!("{store:?}").contains("hunter2"));
 }
 
-/// The fencing recipe: a write conditional on the lock key's create
-/// revision commits while the grant holds and fails once the lock was
-/// released and granted again.
+/// The fencing recipe: a write conditional on the entry's create revision
+/// commits while the grant holds and fails once the lock was released and
+/// granted again.
 #[tokio::test]
 async fn fenced_etcd_writes_fail_after_the_lock_moved_on() {
     let Some(server) = server().await else { return };
@@ -248,22 +261,30 @@ async fn fenced_etcd_writes_fail_after_the_lock_moved_on() {
 
     let first = locker.try_lock(&id).await.expect("lock");
     let first_token = first.fencing_token().cloned().expect("token");
-    let write = |token: &lock_core::FencingToken, body: &str| {
+    let write = |guard: &lock_core::LockGuard, token: &lock_core::FencingToken, body: &str| {
         Txn::new()
-            .when([store.fence_compare(&id, token).expect("fits")])
+            .when([store
+                .fence_compare(&id, guard.lease_id(), token)
+                .expect("fits")])
             .and_then([TxnOp::put(data.clone(), body, None)])
     };
-    let reply = client.txn(write(&first_token, "first")).await.expect("txn");
+    let reply = client
+        .txn(write(&first, &first_token, "first"))
+        .await
+        .expect("txn");
     assert!(reply.succeeded(), "the holder's write commits");
     first.unlock().await.expect("unlock");
 
     let second = locker.try_lock(&id).await.expect("lock again");
     let second_token = second.fencing_token().cloned().expect("token");
     assert!(second_token > first_token);
-    let stale = client.txn(write(&first_token, "stale")).await.expect("txn");
+    let stale = client
+        .txn(write(&first, &first_token, "stale"))
+        .await
+        .expect("txn");
     assert!(!stale.succeeded(), "a stale holder's write is refused");
     let fresh = client
-        .txn(write(&second_token, "second"))
+        .txn(write(&second, &second_token, "second"))
         .await
         .expect("txn");
     assert!(fresh.succeeded());
@@ -304,10 +325,7 @@ async fn a_renewal_notices_keys_deleted_behind_its_back() {
     }
     let entries: Vec<RenewEntry<'_>> = held
         .iter()
-        .map(|(key, lease_id)| RenewEntry {
-            key,
-            lease_id: *lease_id,
-        })
+        .map(|(key, lease_id)| RenewEntry::held(key, *lease_id))
         .collect();
     let outcomes = store.renew(&entries, ttl).await.expect("renew");
     for (i, outcome) in outcomes.iter().enumerate() {

@@ -1,24 +1,29 @@
-//! inspect: the lock and fence keys in one transaction, then the holder's
-//! remaining time from its etcd lease.
+//! inspect: the queue and the fence key in one transaction, then the
+//! holders' remaining time from their etcd leases.
+
+use std::collections::HashMap;
 
 use etcd_client::{Txn, TxnOp};
-use lock_core::{FencingToken, Holder, LeaseInfo, StoreError};
+use futures_util::future::join_all;
+use lock_core::{FencingToken, LeaseInfo, StoreError};
 
-use super::{decode_live, first_kv};
+use super::{queue_of, range_reply, read_queue};
 use crate::error::{is_lease_not_found, store_error};
 use crate::lease::ttl_of;
 use crate::store::EtcdStore;
 
-/// Reads the lock key and the fence key in one transaction, then the
-/// holder's remaining time from its etcd lease. `last_token` is the fence
-/// key's mod revision: the token of the last grant made with fencing, kept
-/// after release and expiry. `None` for a key never granted (or granted
-/// only without fencing and now free).
+/// Reads the key's queue and its fence key in one transaction, then each
+/// holder's remaining time from its etcd lease (one call per distinct
+/// lease, concurrently; a holder whose lease just ran out is left out).
+/// `last_token` is the fence key's mod revision: the create revision of
+/// the last entry added with fencing, kept after release and expiry.
+/// `None` for a key never used (or used only without fencing and now
+/// without entries).
 pub(super) async fn inspect(store: &EtcdStore, key: &str) -> Result<Option<LeaseInfo>, StoreError> {
     let inner = &store.inner;
     let layout = &inner.layout;
     let txn = Txn::new().and_then([
-        TxnOp::get(layout.lock_key(key), None),
+        read_queue(layout, key),
         TxnOp::get(layout.fence_key(key), None),
     ]);
     let reply = inner
@@ -26,34 +31,49 @@ pub(super) async fn inspect(store: &EtcdStore, key: &str) -> Result<Option<Lease
         .txn(&txn)
         .await
         .map_err(|error| store_error(error, "inspect", Some(key)))?;
-    let lock = first_kv(&reply, 0);
-    let fence = first_kv(&reply, 1);
+    let queue = queue_of(store, key, &reply, 0)?;
+    let fence = range_reply(&reply, 1).and_then(|get| get.kvs().first().cloned());
     let last_token = fence
         .as_ref()
         .and_then(|kv| u64::try_from(kv.mod_revision()).ok())
         .map(FencingToken::from);
-    let holder = match &lock {
-        None => None,
-        Some(kv) => {
-            let owner = decode_live(key, kv)?.owner;
-            let id = kv.lease();
-            let remaining = inner.conn.call(|client| {
-                let mut leases = client.lease_client();
-                async move { leases.time_to_live(id, None).await }
-            });
-            match remaining.await {
-                Ok(reply) if reply.ttl() >= 0 => {
-                    Some(Holder::new(owner).with_remaining(ttl_of(reply.ttl())))
-                }
-                // The lease ran out; etcd is deleting the key.
-                Ok(_) => None,
-                Err(error) if is_lease_not_found(&error) => None,
-                Err(error) => return Err(store_error(error, "inspect", Some(key))),
-            }
-        }
-    };
-    if lock.is_none() && fence.is_none() {
+    if queue.entries.is_empty() && fence.is_none() {
         return Ok(None);
     }
-    Ok(Some(LeaseInfo::new(holder, last_token)))
+    let holding = &queue.entries[..queue.holding()];
+    let mut etcd_leases: Vec<i64> = holding.iter().map(|seen| seen.etcd_lease).collect();
+    etcd_leases.sort_unstable();
+    etcd_leases.dedup();
+    let remaining = join_all(etcd_leases.iter().map(|&id| async move {
+        let reply = inner
+            .conn
+            .call(|client| {
+                let mut leases = client.lease_client();
+                async move { leases.time_to_live(id, None).await }
+            })
+            .await;
+        match reply {
+            Ok(reply) if reply.ttl() >= 0 => Ok((id, Some(ttl_of(reply.ttl())))),
+            // The lease ran out; etcd is deleting its keys.
+            Ok(_) => Ok((id, None)),
+            Err(error) if is_lease_not_found(&error) => Ok((id, None)),
+            Err(error) => Err(store_error(error, "inspect", Some(key))),
+        }
+    }))
+    .await
+    .into_iter()
+    .collect::<Result<HashMap<_, _>, StoreError>>()?;
+    let holders = holding
+        .iter()
+        .filter_map(|seen| {
+            let left = remaining.get(&seen.etcd_lease).copied().flatten()?;
+            Some(seen.holder().with_remaining(left))
+        })
+        .collect();
+    let mut info =
+        LeaseInfo::new(holders, last_token).with_waiting(queue.entries.len() - holding.len());
+    if let Some(limit) = queue.limit() {
+        info = info.with_limit(limit);
+    }
+    Ok(Some(info))
 }

@@ -1,17 +1,21 @@
-//! release: one transaction deleting the lock key only while it carries
-//! the lease id.
+//! release: one deletion of the entry's key, which holds the lease id.
 
-use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use lock_core::{Fencing, LeaseId, ReleaseOutcome, StoreError};
+use tokio::time::Instant;
 
 use crate::error::store_error;
-use crate::layout::value_bounds;
 use crate::store::EtcdStore;
 
-/// One transaction deleting the lock key only if its value carries
-/// `lease_id` (two value comparisons bracket every value of that lease id,
-/// whatever the owner). Fencing needs nothing kept: the next grant's create
-/// revision is larger anyway, and the fence key stays.
+/// Deletes the entry's key (holding or waiting); its name carries the
+/// lease id, so nothing but this entry is ever deleted, and no comparison
+/// is needed: etcd's count of deleted keys tells whether it was live. The
+/// entries it kept waiting hold from this revision on; their watches see
+/// the deletion. Fencing needs nothing kept: later entries' create
+/// revisions are larger anyway, and the fence key stays.
+///
+/// An entry of this store whose ttl ran out without a renewal, while other
+/// entries kept the shared etcd lease alive, has expired by the contract:
+/// it is deleted (by exact value) and the answer is `NotHeld`.
 pub(super) async fn release(
     store: &EtcdStore,
     key: &str,
@@ -19,21 +23,26 @@ pub(super) async fn release(
     _fencing: Fencing,
 ) -> Result<ReleaseOutcome, StoreError> {
     let inner = &store.inner;
-    let lock_key = inner.layout.lock_key(key);
-    let (low, high) = value_bounds(lease_id);
-    let txn = Txn::new()
-        .when([
-            Compare::value(lock_key.clone(), CompareOp::Greater, low),
-            Compare::value(lock_key.clone(), CompareOp::Less, high),
-        ])
-        .and_then([TxnOp::delete(lock_key, None)]);
+    let stale = inner
+        .registry
+        .lock()
+        .get(key, lease_id)
+        .filter(|tracked| tracked.stale(Instant::now()))
+        .map(|tracked| (tracked.value.clone(), tracked.lease.id));
+    if let Some((value, lease)) = stale {
+        store
+            .delete_entries(&[(key, lease_id, value, Some(lease))])
+            .await?;
+        inner.registry.forget(key, lease_id);
+        return Ok(ReleaseOutcome::NotHeld);
+    }
     let reply = inner
         .conn
-        .txn(&txn)
+        .delete(&inner.layout.entry_key(key, lease_id))
         .await
         .map_err(|error| store_error(error, "release", Some(key)))?;
     inner.registry.forget(key, lease_id);
-    Ok(if reply.succeeded() {
+    Ok(if reply.deleted() > 0 {
         ReleaseOutcome::Released
     } else {
         ReleaseOutcome::NotHeld

@@ -1,81 +1,201 @@
-//! wait_for_change: a watch on the lock key for its deletion.
+//! wait_for_grant: the key's feed of deletions (one watch per key and
+//! store), from which the waiter decides locally when its entry holds.
 
 use std::time::Duration;
 
-use etcd_client::{EventType, WatchFilterType, WatchOptions};
-use lock_core::StoreError;
+use lock_core::{FencingToken, LeaseId, LockMode, StoreError, WaitOutcome};
 use tokio::time::Instant;
 
-use crate::error::{is_compacted, store_error};
+use super::{queue_of, read_queue};
+use crate::error::store_error;
+use crate::queue::Ahead;
+use crate::registry::Standing;
 use crate::store::EtcdStore;
+use crate::watches::{Gone, Subscription};
 
-/// A watch on the lock key for deletes (release or expiry), from the
-/// revision at which this store last saw it held (or from now, after
-/// reading it), so a release in between is not missed. Returns at once for
-/// a free key, and on any watch failure after sleeping out `max` (the
-/// locker re-polls in any case).
-pub(super) async fn wait_for_change(store: &EtcdStore, key: &str, max: Duration) {
+/// How long a wait whose queue read failed sleeps before answering
+/// `Changed` (at most), so a waiter polls about once a second while etcd is
+/// away.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+
+/// What the waiting entry is and what stands ahead of it.
+struct Waiter {
+    create_revision: i64,
+    mode: LockMode,
+    limit: u32,
+    ahead: Ahead,
+}
+
+/// What the feed told.
+enum Heard {
+    Holds,
+    /// The entry itself was deleted (released, expired).
+    Gone,
+    /// What is ahead is known only up to a revision the feed no longer
+    /// covers: read the queue again.
+    Reread,
+    Nothing,
+}
+
+/// Follows the deletions in the key's range (entries and old lock key)
+/// from the revision at which the store last read the queue (when it added
+/// the entry, or renewed it): the entries that were ahead then are all
+/// that can stand in the way. Answers `Granted` once every entry ahead is
+/// gone or compatible (the release that promotes the entry is its
+/// notification, with no request of its own), `Changed` when the entry
+/// itself is gone or the queue could not be read, `TimedOut` after `max`.
+/// What the wait learnt is kept for the next wait and renewal.
+///
+/// The deletions come from the store's watch of the key (see
+/// [`crate::watches`]); when the entry's last read predates that watch,
+/// or the entry is not tracked (added through another client), the wait
+/// reads the queue once first.
+pub(super) async fn wait_for_grant(
+    store: &EtcdStore,
+    key: &str,
+    lease_id: LeaseId,
+    max: Duration,
+) -> WaitOutcome {
     let deadline = Instant::now() + max;
-    match tokio::time::timeout_at(deadline, wait_for_release(store, key)).await {
-        Ok(Ok(())) | Err(_) => {}
+    let inner = &store.inner;
+    let Some(subscription) = inner.watches.subscribe(&inner.conn, &inner.layout, key) else {
+        tokio::time::sleep_until(deadline).await;
+        return WaitOutcome::TimedOut;
+    };
+    match tokio::time::timeout_at(deadline, follow(store, key, lease_id, &subscription)).await {
+        Ok(Ok(outcome)) => outcome,
+        Err(_) => WaitOutcome::TimedOut,
         Ok(Err(error)) => {
-            tracing::debug!(key, %error, "watch failed; waiting out the poll interval");
-            tokio::time::sleep_until(deadline).await;
+            tracing::debug!(key, %error, "reading the queue failed; the waiter polls");
+            tokio::time::sleep_until(deadline.min(Instant::now() + RETRY_AFTER_FAILURE)).await;
+            WaitOutcome::Changed
         }
     }
 }
 
-/// Returns once `key` is free: at once when it is, else when a watch from
-/// after the revision it was seen held at reports a delete (or can no
-/// longer tell: cancelled, compacted, closed).
-async fn wait_for_release(store: &EtcdStore, key: &str) -> Result<(), StoreError> {
-    let inner = &store.inner;
-    let etcd_key = inner.layout.lock_key(key);
-    let seen = inner.registry.lock().seen_held_at(key);
-    let revision = match seen {
-        Some(revision) => revision,
-        None => {
-            let reply = inner
-                .conn
-                .get(&etcd_key)
-                .await
-                .map_err(|error| store_error(error, "get", Some(key)))?;
-            if reply.kvs().is_empty() {
-                return Ok(());
-            }
-            reply.header().map_or(0, |header| header.revision())
+async fn follow(
+    store: &EtcdStore,
+    key: &str,
+    lease_id: LeaseId,
+    subscription: &Subscription,
+) -> Result<WaitOutcome, StoreError> {
+    let registry = &store.inner.registry;
+    let granted = |create_revision: i64| {
+        registry.lock().promote(key, lease_id);
+        WaitOutcome::Granted {
+            token: u64::try_from(create_revision).ok().map(FencingToken::from),
         }
     };
-    let options = WatchOptions::new()
-        .with_start_revision(revision + 1)
-        .with_filters([WatchFilterType::NoPut]);
-    let watch = inner.conn.call(|client| {
-        let (mut watches, etcd_key) = (client.watch_client(), etcd_key.clone());
-        let options = options.clone();
-        async move { watches.watch(etcd_key, Some(options)).await }
-    });
-    let mut stream = match watch.await {
-        Ok(stream) => stream,
-        Err(error) if is_compacted(&error) => return Ok(()),
-        Err(error) => return Err(store_error(error, "watch", Some(key))),
+    let standing = registry.lock().standing(key, lease_id);
+    let mut waiter = match standing {
+        Some(Standing::Holds(create_revision)) => return Ok(granted(create_revision)),
+        Some(Standing::Waits {
+            create_revision,
+            mode,
+            limit,
+            ahead: Some(ahead),
+        }) => Some(Waiter {
+            create_revision,
+            mode,
+            limit,
+            ahead,
+        }),
+        _ => None,
     };
+    let watch = &subscription.watch;
     loop {
-        let Some(reply) = stream
-            .message()
-            .await
-            .map_err(|error| store_error(error, "watch", Some(key)))?
-        else {
-            return Ok(());
+        let changed = watch.changed.notified();
+        tokio::pin!(changed);
+        // Registered before looking, so no change of the feed is missed.
+        changed.as_mut().enable();
+        let heard = match &mut waiter {
+            None => Heard::Reread,
+            Some(waiter) => {
+                let feed = watch.feed();
+                if feed.from == 0 {
+                    Heard::Nothing
+                } else if waiter.ahead.revision < feed.dropped {
+                    Heard::Reread
+                } else {
+                    let own = Gone::Entry(lease_id);
+                    let mut heard = Heard::Nothing;
+                    for (_, gone) in feed.after(waiter.ahead.revision) {
+                        if *gone == own {
+                            heard = Heard::Gone;
+                            break;
+                        }
+                        waiter.ahead.deleted(*gone);
+                    }
+                    waiter.ahead.revision = waiter.ahead.revision.max(feed.seen);
+                    drop(feed);
+                    if matches!(heard, Heard::Nothing)
+                        && waiter.ahead.holds(waiter.mode, waiter.limit)
+                    {
+                        heard = Heard::Holds;
+                    }
+                    heard
+                }
+            }
         };
-        if reply.canceled() || reply.compact_revision() > 0 {
-            return Ok(());
-        }
-        if reply
-            .events()
-            .iter()
-            .any(|event| event.event_type() == EventType::Delete)
-        {
-            return Ok(());
+        match heard {
+            Heard::Holds => {
+                let create_revision = waiter.as_ref().map_or(0, |w| w.create_revision);
+                return Ok(granted(create_revision));
+            }
+            Heard::Gone => return Ok(WaitOutcome::Changed),
+            Heard::Reread => {
+                // Only once the feed's watch is open: the read then covers
+                // every deletion the watch may not deliver.
+                if watch.feed().from == 0 {
+                    changed.await;
+                    continue;
+                }
+                match place(store, key, lease_id).await? {
+                    Some(placed) => waiter = Some(placed),
+                    None => return Ok(WaitOutcome::Changed),
+                }
+                continue;
+            }
+            Heard::Nothing => {
+                if let Some(waiter) = &waiter {
+                    registry
+                        .lock()
+                        .set_ahead(key, lease_id, Some(waiter.ahead.clone()));
+                }
+                changed.await;
+            }
         }
     }
+}
+
+/// Reads the queue and places the entry in it; `None` when it is not
+/// there.
+async fn place(
+    store: &EtcdStore,
+    key: &str,
+    lease_id: LeaseId,
+) -> Result<Option<Waiter>, StoreError> {
+    let inner = &store.inner;
+    let txn = etcd_client::Txn::new().and_then([read_queue(&inner.layout, key)]);
+    let reply = inner
+        .conn
+        .txn(&txn)
+        .await
+        .map_err(|error| store_error(error, "read queue", Some(key)))?;
+    let queue = queue_of(store, key, &reply, 0)?;
+    let Some(index) = queue.position(lease_id) else {
+        return Ok(None);
+    };
+    let seen = &queue.entries[index];
+    let ahead = queue.ahead_of(index);
+    inner
+        .registry
+        .lock()
+        .set_ahead(key, lease_id, Some(ahead.clone()));
+    Ok(Some(Waiter {
+        create_revision: seen.create_revision,
+        mode: seen.mode,
+        limit: seen.limit.unwrap_or(1),
+        ahead,
+    }))
 }
