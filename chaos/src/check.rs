@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
+use crate::RunKey;
 use crate::register::Decision;
 
 /// A time window in which some holders are excused from exclusion: a paused
@@ -29,6 +30,9 @@ struct Grant<'a> {
     lease: &'a str,
     client: &'a str,
     end: u64,
+    /// Held alone (a mutex, a writer), or shared with up to `limit`.
+    exclusive: bool,
+    limit: u64,
 }
 
 fn num(event: &Value, field: &str) -> u64 {
@@ -93,7 +97,7 @@ pub(crate) fn check(
     decisions: &[Decision],
     excuses: &[Excuse],
     phases: &Phases,
-    keys: &[&str],
+    keys: &[RunKey],
 ) -> Report {
     let quiet_from = phases.quiet_from;
     let mut report = Report::default();
@@ -134,6 +138,8 @@ pub(crate) fn check(
                     lease,
                     client: text(event, "w"),
                     end: ends.get(lease).copied().unwrap_or(deadline).min(deadline),
+                    exclusive: text(event, "mode") != "s",
+                    limit: event["limit"].as_u64().unwrap_or(1),
                 }
             })
             .collect();
@@ -170,15 +176,19 @@ pub(crate) fn check(
                 }
             }
         }
+        let excused = |a: &Grant<'_>| {
+            excuses
+                .iter()
+                .any(|excuse| excuse.covers(a.client, a.at, a.end))
+        };
+        // Q1: an exclusive holder is alone; shared holders are never more
+        // than their limit at once.
         for (i, a) in grants.iter().enumerate() {
             for b in &grants[i + 1..] {
-                if b.at >= a.end {
+                if b.at >= a.end || !(a.exclusive || b.exclusive) {
                     continue;
                 }
-                let excused = excuses.iter().any(|excuse| {
-                    excuse.covers(a.client, a.at, a.end) || excuse.covers(b.client, b.at, b.end)
-                });
-                if excused {
+                if excused(a) || excused(b) {
                     excused_overlaps += 1;
                 } else {
                     violations.push(Violation::on(
@@ -191,6 +201,57 @@ pub(crate) fn check(
                         ),
                     ));
                 }
+            }
+        }
+        for a in grants.iter().filter(|grant| !grant.exclusive) {
+            let together: Vec<&Grant<'_>> = grants
+                .iter()
+                .filter(|b| !b.exclusive && b.at <= a.at && a.at < b.end)
+                .collect();
+            if u64::try_from(together.len()).unwrap_or(u64::MAX) > a.limit {
+                if together.iter().any(|b| excused(b)) {
+                    excused_overlaps += 1;
+                } else {
+                    let holders: Vec<String> = together
+                        .iter()
+                        .map(|b| format!("{} [{}, {}) token {}", b.client, b.at, b.end, b.token))
+                        .collect();
+                    violations.push(Violation::on(
+                        key,
+                        a.at,
+                        a.at,
+                        format!(
+                            "{key}: {} shared holders at {} with a limit of {}: {}",
+                            together.len(),
+                            a.at,
+                            a.limit,
+                            holders.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        // Q2, Q3: the store grants in arrival order and tokens are arrival
+        // numbers, so around an exclusive grant, grants come in token
+        // order. (Shared holders promoted together may hear it in any
+        // order.)
+        for (i, a) in grants.iter().enumerate() {
+            for b in &grants[i + 1..] {
+                if a.token < b.token || !(a.exclusive || b.exclusive) || a.lease == b.lease {
+                    continue;
+                }
+                if excused(a) || excused(b) {
+                    continue;
+                }
+                violations.push(Violation::on(
+                    key,
+                    a.at,
+                    b.at,
+                    format!(
+                        "{key}: granted out of arrival order: {} got token {} at {}, then {} got the smaller token {} at {}",
+                        a.client, a.token, a.at, b.client, b.token, b.at
+                    ),
+                ));
             }
         }
         for event in key_events {
@@ -229,7 +290,7 @@ pub(crate) fn check(
             )));
         }
     }
-    for key in keys {
+    for key in keys.iter().map(|key| key.id) {
         let granted_when_quiet = by_key.get(key).is_some_and(|events| {
             events
                 .iter()
@@ -312,7 +373,7 @@ fn check_warnings(events: &[Value], violations: &mut Vec<Violation>) {
 
 /// After the faults: every waiter that asked long enough got the lock, and
 /// the killed holder's locks were free again within the bound.
-fn check_final_phase(events: &[Value], phases: &Phases, keys: &[&str], report: &mut Report) {
+fn check_final_phase(events: &[Value], phases: &Phases, keys: &[RunKey], report: &mut Report) {
     let Some(killed_at) = phases.holder_killed_at else {
         return;
     };
@@ -336,9 +397,9 @@ fn check_final_phase(events: &[Value], phases: &Phases, keys: &[&str], report: &
             ));
         }
     }
-    for key in keys {
+    for key in keys.iter().map(|key| key.id) {
         let first = final_events()
-            .filter(|event| text(event, "k") == *key && text(event, "kind") == "granted")
+            .filter(|event| text(event, "k") == key && text(event, "kind") == "granted")
             .map(|event| num(event, "at"))
             .min();
         let Some(first) = first else {
@@ -348,7 +409,7 @@ fn check_final_phase(events: &[Value], phases: &Phases, keys: &[&str], report: &
             continue;
         };
         let outlived = first.saturating_sub(killed_at);
-        report.outlived.push(((*key).to_owned(), outlived));
+        report.outlived.push((key.to_owned(), outlived));
         if outlived > phases.outlive_bound {
             report.violations.push(Violation::on(
                 key,
@@ -372,6 +433,59 @@ mod tests {
 
     const MS: u64 = 1_000_000;
 
+    const KEY_A: [RunKey; 1] = [RunKey {
+        id: "a",
+        kind: crate::KeyKind::Mutex,
+    }];
+
+    fn shared(client: &str, lease: &str, token: u64, at: u64, deadline: u64) -> Value {
+        json!({"kind": "granted", "k": "a", "w": client, "lease": lease, "token": token,
+               "called": 0, "at": at, "deadline": deadline, "mode": "s", "limit": 2})
+    }
+
+    #[test]
+    fn shared_holders_beyond_their_limit_are_caught() {
+        let within = [
+            shared("w0/t0", "l1", 1, 10 * MS, 2000 * MS),
+            shared("w1/t0", "l2", 2, 20 * MS, 2000 * MS),
+        ];
+        assert_eq!(run(&within, &[]), Vec::<String>::new());
+        let beyond = [
+            shared("w0/t0", "l1", 1, 10 * MS, 2000 * MS),
+            shared("w1/t0", "l2", 2, 20 * MS, 2000 * MS),
+            shared("w2/t0", "l3", 3, 30 * MS, 2000 * MS),
+        ];
+        let found = run(&beyond, &[]);
+        assert!(
+            found.iter().any(|v| v.contains("3 shared holders")),
+            "{found:?}"
+        );
+        // A writer beside a reader is two holders at once.
+        let mixed = [
+            shared("w0/t0", "l1", 1, 10 * MS, 2000 * MS),
+            grant("w1/t0", "l2", 2, 0, 20 * MS, 2000 * MS),
+        ];
+        let found = run(&mixed, &[]);
+        assert!(
+            found.iter().any(|v| v.contains("two holders at once")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn grants_out_of_arrival_order_are_caught() {
+        let events = [
+            grant("w0/t0", "l1", 5, 0, 10 * MS, 2000 * MS),
+            releasing("w0/t0", "l1", 100 * MS),
+            grant("w1/t0", "l2", 4, 0, 110 * MS, 2100 * MS),
+        ];
+        let found = run(&events, &[]);
+        assert!(
+            found.iter().any(|v| v.contains("out of arrival order")),
+            "{found:?}"
+        );
+    }
+
     fn grant(client: &str, lease: &str, token: u64, called: u64, at: u64, deadline: u64) -> Value {
         json!({"kind": "granted", "k": "a", "w": client, "lease": lease, "token": token,
                "called": called, "at": at, "deadline": deadline})
@@ -390,7 +504,7 @@ mod tests {
     }
 
     fn run(events: &[Value], excuses: &[Excuse]) -> Vec<String> {
-        texts(check(events, &[], excuses, &phases(0), &["a"]))
+        texts(check(events, &[], excuses, &phases(0), &KEY_A))
     }
 
     fn texts(report: Report) -> Vec<String> {
@@ -423,7 +537,7 @@ mod tests {
             to: 3000 * MS,
             client_prefix: "w0/".into(),
         };
-        let report = check(&events, &[], &[paused], &phases(0), &["a"]);
+        let report = check(&events, &[], &[paused], &phases(0), &KEY_A);
         assert_eq!(report.excused_overlaps, 1);
         assert!(report.violations.is_empty(), "{:?}", report.violations);
     }
@@ -545,7 +659,7 @@ mod tests {
             outlive_bound: 1000 * MS,
             ..phases
         };
-        let found = texts(check(&events[..1], &[], &[], &late, &["a"]));
+        let found = texts(check(&events[..1], &[], &[], &late, &KEY_A));
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(found[0].contains("stayed taken 2000 ms"), "{found:?}");
     }

@@ -9,13 +9,15 @@
 //! etcd-cluster): throwaway servers behind fault proxies, worker processes
 //! taking, holding, writing through a fenced register and releasing locks at
 //! random (with cancelled waits, dropped guards, closed lockers and blocked
-//! runtime threads), and a nemesis injecting faults at random: black-holed,
+//! runtime threads) on two mutexes, a semaphore of 2 permits and a
+//! reader-writer lock, and a nemesis injecting faults at random: black-holed,
 //! reset and slowed connections, server kill and restart (for clusters: the
 //! etcd leader or a follower, a Redis master), SIGSTOP of a server or of a
 //! worker for longer than its lease, SIGKILL of a worker. Then a quiet
-//! period, and a final phase: a holder takes every lock and is killed while
-//! waiters ask for them. The checks of `check.rs` run over the whole
-//! history. Prints per backend the operations, the faults and
+//! period, and a final phase: a holder takes every lock, a waiter lines up
+//! for each and is killed, more waiters line up, and the holder is killed.
+//! Then every key's queue must be empty. The checks of `check.rs` run over
+//! the whole history. Prints per backend the operations, the faults and
 //! `violations: N` (with the first few and the seed that reproduces the
 //! run); exits 1 on violations.
 #![forbid(unsafe_code)]
@@ -41,8 +43,43 @@ use crate::register::Register;
 use crate::target::{BACKENDS, Target};
 use crate::worker::Mode;
 
-/// The lock ids every worker contends for.
-pub(crate) const KEYS: [&str; 2] = ["chaos-a", "chaos-b"];
+/// What kind of lock a key of the run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyKind {
+    Mutex,
+    /// A semaphore of this many permits.
+    Semaphore(u32),
+    /// A reader-writer lock: workers read more often than they write.
+    ReadWrite,
+}
+
+/// A lock id every worker contends for, and its kind.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RunKey {
+    pub(crate) id: &'static str,
+    pub(crate) kind: KeyKind,
+}
+
+/// The lock ids every worker contends for: two mutexes, a semaphore of 2
+/// and a reader-writer lock, on the same queue machinery.
+pub(crate) const KEYS: [RunKey; 4] = [
+    RunKey {
+        id: "chaos-a",
+        kind: KeyKind::Mutex,
+    },
+    RunKey {
+        id: "chaos-b",
+        kind: KeyKind::Mutex,
+    },
+    RunKey {
+        id: "chaos-sem",
+        kind: KeyKind::Semaphore(2),
+    },
+    RunKey {
+        id: "chaos-rw",
+        kind: KeyKind::ReadWrite,
+    },
+];
 /// The lease of every locker (etcd's minimum is 2 s).
 pub(crate) const LEASE: Duration = Duration::from_secs(2);
 /// Tasks per worker process.
@@ -249,6 +286,14 @@ async fn final_phase(workers: &mut Workers) -> Result<(Option<u64>, Vec<String>)
         ));
         return Ok((None, problems));
     }
+    // A waiter that dies in line: its entries must not hold the queue
+    // beyond their waiter ttl, which ends before the holder's lease.
+    let (doomed_name, mut doomed) = workers.spawn(Mode::Doomed)?;
+    if !expect_line(&mut doomed, "queued", Duration::from_secs(40)).await {
+        problems.push(format!("waiter {doomed_name} could not line up"));
+    }
+    let _ = doomed.start_kill();
+    let _ = doomed.wait().await;
     let mut waiters = Vec::new();
     for _ in 0..WORKERS {
         let (name, mut waiter) = workers.spawn(Mode::Wait)?;
@@ -355,6 +400,10 @@ async fn run_backend(backend: &str, length: Duration, seed: u64) -> Result<usize
     }
     let (holder_killed_at, final_problems) = final_phase(&mut workers).await?;
     worker_errors.extend(final_problems);
+    // Every wait ended, cancelled or served, and every holder let go or
+    // died: no entry may be left in any key's queue once the dead ones'
+    // ttls ran out.
+    worker_errors.extend(leftover_entries(&target.url).await);
 
     let events = read_events(&workers.logs)?;
     // A task that blocked its runtime thread stalls the tasks queued behind
@@ -454,6 +503,44 @@ async fn run_backend(backend: &str, length: Duration, seed: u64) -> Result<usize
         );
     }
     Ok(failed)
+}
+
+/// The entries still queued or holding on the run's keys, a lease after the
+/// last process let go (the longest a dead entry may live).
+async fn leftover_entries(url: &str) -> Vec<String> {
+    let options = match dlock::LockerOptions::builder().lease(LEASE).build() {
+        Ok(options) => options,
+        Err(error) => return vec![error.to_string()],
+    };
+    let locker = match dlock::open(url, options).await {
+        Ok(locker) => locker,
+        Err(error) => return vec![format!("could not open the store to inspect it: {error}")],
+    };
+    let give_up = now_ns() + nanos(LEASE + Duration::from_secs(3));
+    let mut left = Vec::new();
+    loop {
+        left.clear();
+        for key in KEYS {
+            match locker.inspect(key.id).await {
+                Ok(Some(info)) if !info.holders.is_empty() || info.waiting > 0 => {
+                    left.push(format!(
+                        "{}: {} holder(s) and {} waiting entries left after every process let go",
+                        key.id,
+                        info.holders.len(),
+                        info.waiting
+                    ))
+                }
+                Ok(_) => {}
+                Err(error) => left.push(format!("{}: inspect failed: {error}", key.id)),
+            }
+        }
+        if left.is_empty() || now_ns() > give_up {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = locker.close().await;
+    left
 }
 
 /// Prints the history around a violation: the lock id's events from a

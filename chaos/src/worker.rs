@@ -7,7 +7,14 @@
 //! - `hold`: takes every lock and holds it until it is killed (the dead
 //!   holder of the final phase);
 //! - `wait`: every task asks for every lock once with a long wait, holds it
-//!   briefly and lets it go (the waiters of the final phase).
+//!   briefly and lets it go (the waiters of the final phase);
+//! - `doomed`: asks for every lock with a long wait, says `queued`, and
+//!   waits in line until it is killed (a waiter that dies in line).
+//!
+//! Mutexes are taken exclusively, the semaphore by permits, the
+//! reader-writer lock mostly as a reader; only exclusive holders write
+//! through the fenced register (several permit holders or readers at once
+//! are allowed, and their tokens only order their grants).
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -15,14 +22,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use dlock::{LockError, LockGuard, LockStatus, Locker, LockerOptions};
+use dlock::{LockError, LockGuard, LockKind, LockStatus, Locker, LockerOptions};
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 use tokio::sync::Mutex;
 
 use crate::clock::{nanos, now_ns, ns_of};
 use crate::register::RegisterClient;
-use crate::{KEYS, LEASE, LIVENESS_WAIT, TASKS};
+use crate::{KEYS, KeyKind, LEASE, LIVENESS_WAIT, RunKey, TASKS};
 
 type DynLocker = Arc<dyn Locker>;
 
@@ -32,6 +39,7 @@ pub(crate) enum Mode {
     Random,
     Hold,
     Wait,
+    Doomed,
 }
 
 impl Mode {
@@ -40,6 +48,7 @@ impl Mode {
             "random" => Some(Self::Random),
             "hold" => Some(Self::Hold),
             "wait" => Some(Self::Wait),
+            "doomed" => Some(Self::Doomed),
             _ => None,
         }
     }
@@ -49,6 +58,7 @@ impl Mode {
             Self::Random => "random",
             Self::Hold => "hold",
             Self::Wait => "wait",
+            Self::Doomed => "doomed",
         }
     }
 }
@@ -103,13 +113,20 @@ impl Recorder {
         self.record(&self.event(key, guard, kind));
     }
 
-    fn granted(&self, key: &str, guard: &LockGuard, called: u64) -> (u64, u64) {
+    fn granted(&self, key: &str, guard: &LockGuard, called: u64, kind: LockKind) -> (u64, u64) {
         let token = guard.fencing_token().and_then(|t| t.to_u64()).unwrap_or(0);
         let deadline = guard.valid_until().map_or(0, ns_of);
         let mut granted = self.event(key, Some(guard), "granted");
         granted["token"] = json!(token);
         granted["deadline"] = json!(deadline);
         granted["called"] = json!(called);
+        let (mode, limit) = match kind {
+            LockKind::Permit { permits } => ("s", permits),
+            LockKind::Read => ("s", u32::MAX),
+            _ => ("x", 1),
+        };
+        granted["mode"] = json!(mode);
+        granted["limit"] = json!(limit);
         self.record(&granted);
         self.watch_warnings(key, guard);
         (token, deadline)
@@ -263,7 +280,10 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())?,
     ));
-    let tasks = if args.mode == Mode::Hold { 1 } else { TASKS };
+    let tasks = match args.mode {
+        Mode::Hold | Mode::Doomed => 1,
+        Mode::Random | Mode::Wait => TASKS,
+    };
     let mut lockers = Vec::new();
     for _ in 0..tasks {
         lockers.push(open_retrying(&args.url, &options).await?);
@@ -291,6 +311,10 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<(), String> {
                 Mode::Hold => hold_task(locker, recorder, &register).await,
                 Mode::Wait => {
                     wait_task(locker, recorder, &register, task).await;
+                    Ok(())
+                }
+                Mode::Doomed => {
+                    doomed_task(locker).await;
                     Ok(())
                 }
             }
@@ -339,7 +363,13 @@ async fn random_task(
                 }
             }
         }
-        let key = KEYS[rng.random_range(0..KEYS.len())];
+        let run_key = KEYS[rng.random_range(0..KEYS.len())];
+        let key = run_key.id;
+        let kind = match run_key.kind {
+            KeyKind::ReadWrite if rng.random_range(0..3) == 0 => LockKind::Write,
+            _ => kind_of(run_key, 0),
+        };
+        let exclusive = kind_is_exclusive(kind);
         let wait = [
             Duration::ZERO,
             Duration::from_millis(500),
@@ -352,7 +382,7 @@ async fn random_task(
             )
         });
         let called = now_ns();
-        let attempt = locker.lock(key, wait);
+        let attempt = locker.acquire(key, kind, wait);
         let result = match cancel_after {
             Some(cut) => match tokio::time::timeout(cut, attempt).await {
                 Ok(result) => result,
@@ -374,8 +404,10 @@ async fn random_task(
                 continue;
             }
         };
-        let (token, mut deadline) = recorder.granted(key, &guard, called);
-        recorder.write_through(register, key, &guard, token).await;
+        let (token, mut deadline) = recorder.granted(key, &guard, called, kind);
+        if exclusive {
+            recorder.write_through(register, key, &guard, token).await;
+        }
 
         // A careless holder never looks at its lock while working and
         // writes at the end whatever happened: only fencing stops it when it
@@ -407,7 +439,9 @@ async fn random_task(
                 lost["careless"] = json!(true);
                 recorder.record(&lost);
             }
-            recorder.write_through(register, key, &guard, token).await;
+            if exclusive {
+                recorder.write_through(register, key, &guard, token).await;
+            }
             recorder.note(key, Some(&guard), "releasing");
         }
         if rng.random_range(0..10) < 7 {
@@ -427,18 +461,28 @@ async fn hold_task(
     register: &Mutex<RegisterClient>,
 ) -> Result<(), String> {
     let mut held = Vec::new();
-    for key in KEYS {
-        let called = now_ns();
-        let guard = match locker.lock(key, LIVENESS_WAIT).await {
-            Ok(guard) => guard,
-            Err(error) => {
-                recorder.failed(key, &error, called, LIVENESS_WAIT);
-                return Err(format!("the holder could not take {key}: {error}"));
-            }
+    for run_key in KEYS {
+        // Every permit of the semaphore, the write side of the other.
+        let (kind, count) = match run_key.kind {
+            KeyKind::Semaphore(permits) => (kind_of(run_key, 0), permits),
+            KeyKind::Mutex | KeyKind::ReadWrite => (LockKind::Exclusive, 1),
         };
-        let (token, deadline) = recorder.granted(key, &guard, called);
-        recorder.write_through(register, key, &guard, token).await;
-        held.push((key, guard, deadline));
+        let key = run_key.id;
+        for _ in 0..count {
+            let called = now_ns();
+            let guard = match locker.acquire(key, kind, LIVENESS_WAIT).await {
+                Ok(guard) => guard,
+                Err(error) => {
+                    recorder.failed(key, &error, called, LIVENESS_WAIT);
+                    return Err(format!("the holder could not take {key}: {error}"));
+                }
+            };
+            let (token, deadline) = recorder.granted(key, &guard, called, kind);
+            if kind_is_exclusive(kind) {
+                recorder.write_through(register, key, &guard, token).await;
+            }
+            held.push((key, guard, deadline));
+        }
     }
     println!("held");
     loop {
@@ -458,12 +502,15 @@ async fn wait_task(
     task: usize,
 ) {
     for i in 0..KEYS.len() {
-        let key = KEYS[(task + i) % KEYS.len()];
+        let run_key = KEYS[(task + i) % KEYS.len()];
+        let (key, kind) = (run_key.id, kind_of(run_key, task));
         let called = now_ns();
-        match locker.lock(key, LIVENESS_WAIT).await {
+        match locker.acquire(key, kind, LIVENESS_WAIT).await {
             Ok(guard) => {
-                let (token, mut deadline) = recorder.granted(key, &guard, called);
-                recorder.write_through(register, key, &guard, token).await;
+                let (token, mut deadline) = recorder.granted(key, &guard, called, kind);
+                if kind_is_exclusive(kind) {
+                    recorder.write_through(register, key, &guard, token).await;
+                }
                 tokio::time::sleep(Duration::from_millis(30)).await;
                 if recorder.poll(key, &guard, &mut deadline) {
                     recorder.note(key, Some(&guard), "releasing");
@@ -476,4 +523,36 @@ async fn wait_task(
         }
     }
     let _ = locker.close().await;
+}
+
+/// Lines up for every lock, says `queued`, and waits until killed.
+async fn doomed_task(locker: DynLocker) {
+    let waits = KEYS.map(|run_key| {
+        let locker = locker.clone();
+        tokio::spawn(async move {
+            let _ = locker
+                .acquire(run_key.id, kind_of(run_key, 0), LIVENESS_WAIT * 10)
+                .await;
+        })
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    println!("queued");
+    for wait in waits {
+        let _ = wait.await;
+    }
+}
+
+/// How a task takes `key`: a mutex exclusively, a permit of the semaphore,
+/// and the reader-writer lock as a reader or (for odd `task`s) a writer.
+fn kind_of(key: RunKey, task: usize) -> LockKind {
+    match key.kind {
+        KeyKind::Mutex => LockKind::Exclusive,
+        KeyKind::Semaphore(permits) => LockKind::Permit { permits },
+        KeyKind::ReadWrite if task % 2 == 1 => LockKind::Write,
+        KeyKind::ReadWrite => LockKind::Read,
+    }
+}
+
+fn kind_is_exclusive(kind: LockKind) -> bool {
+    matches!(kind, LockKind::Exclusive | LockKind::Write)
 }

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! dlock run [--backend URL] [--table NAME] [--prefix STR] [--lease DUR] [--heartbeat DUR]
-//!           [--warn-after DUR] [--wait DUR] [--kill-grace DUR] [--owner NAME] ID -- COMMAND [ARGS...]
+//!           [--warn-after DUR] [--wait DUR] [--kill-grace DUR] [--owner NAME]
+//!           [--permits N | --shared] ID -- COMMAND [ARGS...]
 //! dlock status [--backend URL] [--table NAME] [--prefix STR] [--json] ID
 //! ```
 //!
@@ -14,6 +15,8 @@
 //! is ever printed.
 #![forbid(unsafe_code)]
 
+mod status;
+
 use std::ffi::OsString;
 use std::io::IsTerminal as _;
 use std::os::unix::process::ExitStatusExt as _;
@@ -23,7 +26,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use dlock::{LockError, LockGuard, Locker, LockerOptions, LockerOptionsBuilder, OpenError, Opener};
+use dlock::{
+    LockError, LockGuard, LockKind, Locker, LockerOptions, LockerOptionsBuilder, OpenError, Opener,
+};
 use rustix::process::{Pid, Signal, kill_process};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::Instant;
@@ -57,7 +62,9 @@ enum Command {
     /// DLOCK_FENCING_TOKEN; it gets SIGTERM when the lock starts expiring
     /// and SIGKILL --kill-grace after the lock is lost.
     Run(RunArgs),
-    /// Show who holds the lock ID, for how long, and its last fencing token.
+    /// Show who holds the lock ID (every holder of a semaphore or of a
+    /// shared lock), for how long, how many wait, and its last fencing
+    /// token.
     Status(StatusArgs),
 }
 
@@ -111,11 +118,40 @@ struct RunArgs {
     /// Owner name stored with the lock. Default: dlock-HOST-PID.
     #[arg(long)]
     owner: Option<String>,
+    /// Take one of N permits of a semaphore on ID: at most N commands run
+    /// at a time (every run on ID must give the same N).
+    #[arg(long, value_name = "N", conflicts_with = "shared", value_parser = clap::value_parser!(u32).range(1..u32::MAX as i64))]
+    permits: Option<u32>,
+    /// Take ID shared, as a reader: shared runs go together, a run without
+    /// --shared (or --permits) is exclusive and waits for them, and keeps
+    /// later readers waiting meanwhile.
+    #[arg(long)]
+    shared: bool,
     /// The lock id.
     id: String,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<OsString>,
+}
+
+impl RunArgs {
+    /// The kind of lock the flags ask for.
+    fn kind(&self) -> LockKind {
+        match (self.permits, self.shared) {
+            (Some(permits), _) => LockKind::Permit { permits },
+            (None, true) => LockKind::Read,
+            (None, false) => LockKind::Exclusive,
+        }
+    }
+
+    /// `exclusive`, `shared` or `permit`, for the command's environment.
+    fn kind_name(&self) -> &'static str {
+        match self.kind() {
+            LockKind::Permit { .. } => "permit",
+            LockKind::Read => "shared",
+            _ => "exclusive",
+        }
+    }
 }
 
 #[derive(Args)]
@@ -255,7 +291,7 @@ async fn run_inner(args: RunArgs) -> Result<u8, u8> {
         signal = signals.recv() => return Err(exit_code_of_signal(signal)),
     };
     let guard = tokio::select! {
-        guard = acquire(&*locker, &args.id, args.wait) => guard,
+        guard = acquire(&*locker, &args.id, args.kind(), args.wait) => guard,
         signal = signals.recv() => {
             if std::io::stderr().is_terminal() {
                 // Clears the waiting line.
@@ -289,7 +325,8 @@ async fn run_inner(args: RunArgs) -> Result<u8, u8> {
         .args(&args.command[1..])
         .env("DLOCK_LOCK_ID", &args.id)
         .env("DLOCK_OWNER", &owner)
-        .env("DLOCK_FENCING_TOKEN", &token);
+        .env("DLOCK_FENCING_TOKEN", &token)
+        .env("DLOCK_KIND", args.kind_name());
     let child = match command.spawn() {
         Ok(child) => child,
         Err(error) => {
@@ -377,11 +414,16 @@ fn exit_code_of(status: std::process::ExitStatus) -> u8 {
 
 /// Takes the lock, waiting up to `wait` and showing the holder on a
 /// terminal meanwhile.
-async fn acquire(locker: &dyn Locker, id: &str, wait: Duration) -> Result<LockGuard, u8> {
+async fn acquire(
+    locker: &dyn Locker,
+    id: &str,
+    kind: LockKind,
+    wait: Duration,
+) -> Result<LockGuard, u8> {
     let result = if wait.is_zero() {
-        locker.try_lock(id).await
+        locker.try_acquire(id, kind).await
     } else {
-        let attempt = locker.lock(id, wait);
+        let attempt = locker.acquire(id, kind, wait);
         tokio::pin!(attempt);
         let show = std::io::stderr().is_terminal();
         let start = Instant::now();
@@ -391,12 +433,12 @@ async fn acquire(locker: &dyn Locker, id: &str, wait: Duration) -> Result<LockGu
             tokio::select! {
                 result = &mut attempt => break result,
                 _ = ticker.tick(), if show => {
-                    let holder = match locker.inspect(id).await {
-                        Ok(Some(dlock::LeaseInfo { holder: Some(holder), .. })) => holder.owner,
+                    let holders = match locker.inspect(id).await {
+                        Ok(Some(info)) if !info.holders.is_empty() => status::owners(&info),
                         _ => "someone".to_owned(),
                     };
                     eprint!(
-                        "\r\x1b[Kdlock: waiting for {id:?}, held by {holder} ({}s)",
+                        "\r\x1b[Kdlock: waiting for {id:?}, held by {holders} ({}s)",
                         start.elapsed().as_secs()
                     );
                     shown = true;
@@ -435,7 +477,9 @@ async fn acquire(locker: &dyn Locker, id: &str, wait: Duration) -> Result<LockGu
             eprintln!("dlock: backend unavailable: {error}");
             EXIT_UNAVAILABLE
         }
-        other @ (LockError::InvalidId { .. } | LockError::InvalidConfig(_)) => {
+        other @ (LockError::InvalidId { .. }
+        | LockError::InvalidConfig(_)
+        | LockError::LimitMismatch { .. }) => {
             eprintln!("dlock: {other}");
             EXIT_USAGE
         }
@@ -532,31 +576,10 @@ async fn status(args: StatusArgs) -> u8 {
             return EXIT_USAGE;
         }
     };
-    let holder = info.as_ref().and_then(|info| info.holder.clone());
-    let token = info.and_then(|info| info.last_token);
     if args.json {
-        let json = serde_json::json!({
-            "id": args.id,
-            "held": holder.is_some(),
-            "holder": holder.as_ref().map(|h| h.owner.clone()),
-            "remaining_ms": holder.as_ref().and_then(|h| h.remaining).map(|d| d.as_millis()),
-            "last_token": token.as_ref().map(ToString::to_string),
-        });
-        println!("{json}");
+        println!("{}", status::json(&args.id, info.as_ref()));
     } else {
-        let token = token
-            .map(|t| format!(", last fencing token {t}"))
-            .unwrap_or_default();
-        match holder {
-            Some(holder) => {
-                let left = holder
-                    .remaining
-                    .map(|left| format!(" for another {}", humantime::format_duration(round(left))))
-                    .unwrap_or_default();
-                println!("{}: held by {}{left}{token}", args.id, holder.owner);
-            }
-            None => println!("{}: free{token}", args.id),
-        }
+        println!("{}", status::text(&args.id, info.as_ref()));
     }
     let _ = locker.close().await;
     0

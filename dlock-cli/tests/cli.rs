@@ -613,3 +613,128 @@ mod postgres {
         drop(proxy);
     }
 }
+
+/// Starts `dlock run ARGS -- sh -c 'touch STARTED; until [ -e RELEASE ]; do sleep 0.05; done'`:
+/// a command that says it started and holds until told.
+fn holding_run(scratch: &Scratch, args: &[&str], name: &str) -> (Child, PathBuf, PathBuf) {
+    let started = scratch.path(&format!("{name}.started"));
+    let release = scratch.path(&format!("{name}.release"));
+    let script = format!(
+        "echo \"$DLOCK_KIND\" > {started}; until [ -e {release} ]; do sleep 0.05; done",
+        started = started.display(),
+        release = release.display()
+    );
+    let child = scratch
+        .dlock()
+        .arg("run")
+        .args(args)
+        .args(["--", "sh", "-c", &script])
+        .spawn()
+        .unwrap();
+    (child, started, release)
+}
+
+#[test]
+fn permits_let_at_most_n_commands_run_at_once() {
+    let scratch = Scratch::new();
+    let (mut a, a_started, a_release) =
+        holding_run(&scratch, &["--permits", "2", "--owner", "a", "slots"], "a");
+    let (mut b, b_started, b_release) =
+        holding_run(&scratch, &["--permits", "2", "--owner", "b", "slots"], "b");
+    wait_for(Duration::from_secs(10), || {
+        a_started.exists() && b_started.exists()
+    });
+    assert_eq!(
+        std::fs::read_to_string(&a_started).unwrap().trim(),
+        "permit"
+    );
+    let status = scratch.status_json("slots");
+    assert_eq!(
+        status["holders"].as_array().map(Vec::len),
+        Some(2),
+        "{status}"
+    );
+    assert_eq!(status["limit"], 2);
+
+    // No permit free: one attempt exits 75, naming the holders.
+    let third = scratch.output(&["run", "--permits", "2", "slots", "--", "true"]);
+    assert_eq!(third.status.code(), Some(75), "{}", stderr(&third));
+    // Another number of permits on the same id is a usage error.
+    let mismatch = scratch.output(&["run", "--permits", "3", "slots", "--", "true"]);
+    assert_eq!(mismatch.status.code(), Some(64), "{}", stderr(&mismatch));
+    assert!(
+        stderr(&mismatch).contains("2 permits"),
+        "{}",
+        stderr(&mismatch)
+    );
+
+    // A waiting run gets the first permit given back.
+    let mut c = scratch
+        .dlock()
+        .args([
+            "run",
+            "--permits",
+            "2",
+            "--wait",
+            "20s",
+            "slots",
+            "--",
+            "true",
+        ])
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(10), || {
+        scratch.status_json("slots")["waiting"] == 1
+    });
+    std::fs::write(&a_release, "").unwrap();
+    assert!(wait_with_limit(&mut a, Duration::from_secs(10)).success());
+    assert!(wait_with_limit(&mut c, Duration::from_secs(20)).success());
+    std::fs::write(&b_release, "").unwrap();
+    assert!(wait_with_limit(&mut b, Duration::from_secs(10)).success());
+}
+
+#[test]
+fn shared_runs_go_together_and_an_exclusive_run_waits_for_them() {
+    let scratch = Scratch::new();
+    let (mut r1, r1_started, r1_release) = holding_run(&scratch, &["--shared", "db"], "r1");
+    let (mut r2, r2_started, r2_release) = holding_run(&scratch, &["--shared", "db"], "r2");
+    wait_for(Duration::from_secs(10), || {
+        r1_started.exists() && r2_started.exists()
+    });
+    assert_eq!(
+        std::fs::read_to_string(&r1_started).unwrap().trim(),
+        "shared"
+    );
+    let text = scratch.output(&["status", "db"]);
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("held shared by 2"),
+        "{text:?}"
+    );
+
+    let busy = scratch.output(&["run", "db", "--", "true"]);
+    assert_eq!(busy.status.code(), Some(75), "{}", stderr(&busy));
+    // The writer lines up; a reader coming after it waits too.
+    let (mut writer, writer_started, writer_release) =
+        holding_run(&scratch, &["--wait", "20s", "db"], "w");
+    wait_for(Duration::from_secs(10), || {
+        scratch.status_json("db")["waiting"] == 1
+    });
+    let late = scratch.output(&["run", "--shared", "db", "--", "true"]);
+    assert_eq!(late.status.code(), Some(75), "a reader overtook the writer");
+
+    std::fs::write(&r1_release, "").unwrap();
+    std::fs::write(&r2_release, "").unwrap();
+    assert!(wait_with_limit(&mut r1, Duration::from_secs(10)).success());
+    assert!(wait_with_limit(&mut r2, Duration::from_secs(10)).success());
+    wait_for(Duration::from_secs(20), || writer_started.exists());
+    assert_eq!(
+        std::fs::read_to_string(&writer_started).unwrap().trim(),
+        "exclusive"
+    );
+    let during = scratch.output(&["run", "--shared", "db", "--", "true"]);
+    assert_eq!(during.status.code(), Some(75), "a reader beside the writer");
+    std::fs::write(&writer_release, "").unwrap();
+    assert!(wait_with_limit(&mut writer, Duration::from_secs(10)).success());
+    let after = scratch.output(&["run", "--shared", "db", "--", "true"]);
+    assert!(after.status.success(), "{}", stderr(&after));
+}

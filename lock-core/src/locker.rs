@@ -188,8 +188,9 @@ impl<S: LeaseStore> LeaseLocker<S> {
     /// # Errors
     ///
     /// [`LockError::InvalidConfig`] when the options do not fit the store:
-    /// a lease below its minimum ttl, fencing on a store without tokens, a
-    /// prefix that leaves no room for ids.
+    /// a lease or chosen waiter ttl below its minimum ttl, fencing on a
+    /// store without tokens, a prefix that leaves no room for ids. (A
+    /// default waiter ttl below the minimum is raised to it.)
     pub fn new(store: S, options: LockerOptions) -> Result<Self, LockError> {
         Self::from_arc(Arc::new(store), options)
     }
@@ -201,6 +202,7 @@ impl<S: LeaseStore> LeaseLocker<S> {
     /// As [`LeaseLocker::new`].
     pub fn from_arc(store: Arc<S>, options: LockerOptions) -> Result<Self, LockError> {
         let capabilities = store.capabilities();
+        let options = options.fitted_to(&capabilities);
         options.check_against(&capabilities)?;
         Ok(Self {
             core: Arc::new(Core::new(store, options, capabilities)),

@@ -44,6 +44,9 @@ pub struct LockerOptions {
     store_timeout: Duration,
     fencing: Fencing,
     waiter_ttl: Duration,
+    /// Whether `waiter_ttl` was chosen by the user (else the default,
+    /// which a store's minimum ttl may raise).
+    waiter_ttl_chosen: bool,
     max_clock_skew: Duration,
     pub(crate) boot_clock: Option<BootClockFn>,
 }
@@ -133,6 +136,15 @@ impl LockerOptions {
     /// from when its request was sent: `ttl * (1 - drift) - margin`.
     pub fn usable(&self, ttl: Duration) -> Duration {
         usable(ttl, self.drift, self.margin)
+    }
+
+    /// These options fitted to a store: a default waiter ttl below the
+    /// store's minimum ttl is raised to it (at most to the lease).
+    pub(crate) fn fitted_to(mut self, caps: &Capabilities) -> Self {
+        if !self.waiter_ttl_chosen && self.waiter_ttl < caps.min_ttl {
+            self.waiter_ttl = caps.min_ttl.min(self.lease);
+        }
+        self
     }
 
     /// Checks the options against a store's capabilities.
@@ -513,6 +525,7 @@ impl LockerOptionsBuilder {
                 Fencing::Disabled
             },
             waiter_ttl,
+            waiter_ttl_chosen: self.waiter_ttl.is_some(),
             max_clock_skew,
             boot_clock: self.boot_clock,
         })

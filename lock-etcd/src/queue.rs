@@ -117,12 +117,14 @@ impl Queue {
         Ok(Self { revision, entries })
     }
 
-    /// The limit the entries agreed on (an old lock alone: 1).
+    /// The limit the shared entries agreed on; `None` without shared
+    /// entries (exclusive entries, and an old lock, hold alone whatever
+    /// it is).
     pub(crate) fn limit(&self) -> Option<u32> {
-        if self.entries.is_empty() {
-            return None;
-        }
-        Some(self.entries.iter().find_map(|seen| seen.limit).unwrap_or(1))
+        self.entries
+            .iter()
+            .filter(|seen| seen.mode == LockMode::Shared)
+            .find_map(|seen| seen.limit)
     }
 
     /// How many entries, from the head, hold.
@@ -302,7 +304,7 @@ mod tests {
         assert!(!ahead.holds(S, 5));
         ahead.deleted(Gone::Legacy);
         assert!(ahead.holds(S, 5));
-        assert_eq!(queue(vec![seen(2, X, None, 1)]).limit(), Some(1));
+        assert_eq!(queue(vec![seen(2, X, None, 1)]).limit(), None);
     }
 
     #[test]

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use etcd_client::{
     Compare, CompareOp, GetResponse, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
 };
-use lock_core::{AcquireOutcome, AcquireRequest, FencingToken, Grant, Holder, Queued, StoreError};
+use lock_core::{
+    AcquireOutcome, AcquireRequest, FencingToken, Grant, Holder, LockMode, Queued, StoreError,
+};
 use tokio::time::Instant;
 
 use super::{Move, move_entries, read_queue, revision_of};
@@ -284,7 +286,8 @@ pub(super) async fn acquire(
 
         let Some(index) = queue.position(request.lease_id) else {
             // Nothing was added.
-            if let Some(limit) = queue.limit()
+            if request.mode == LockMode::Shared
+                && let Some(limit) = queue.limit()
                 && limit != request.limit
             {
                 pending.settle();
