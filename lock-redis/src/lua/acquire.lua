@@ -119,7 +119,7 @@ return guarded(function()
         retry_after(st, now, id)}
     end
     -- An expired entry of this lease deeper in the queue: line up anew.
-    redis.call('ZREM', K[2], id)
+    unqueue(id)
     redis.call('HSET', K[3], id, entry)
   end
   local zadd = redis.pcall('ZADD', K[2], seq, id)

@@ -181,6 +181,37 @@ local function legacy_token()
   return token
 end
 
+-- Removes the waiting entry id from the queue.
+local function unqueue(id)
+  local removed = redis.pcall('ZREM', K[2], id)
+  if type(removed) == 'table' then
+    corrupt(2, 'holds a ' .. type_of(K[2]) .. ', not a sorted set')
+  end
+  redis.call('HDEL', K[3], id)
+end
+
+-- The first live-or-not waiting ids from offset on (up to count), with
+-- their hash values.
+local function queued(offset, count)
+  local ids = redis.pcall('ZRANGE', K[2], offset, offset + count - 1)
+  if ids.err then
+    corrupt(2, 'holds a ' .. type_of(K[2]) .. ', not a sorted set')
+  end
+  local values = {}
+  if #ids > 0 then
+    values = redis.pcall('HMGET', K[3], unpack(ids))
+    if values.err then
+      corrupt(3, 'holds a ' .. type_of(K[3]) .. ', not a hash')
+    end
+  end
+  for _, id in ipairs(ids) do
+    if not is_lease_id(id) then
+      corrupt(2, 'holds a member that is not a lease id')
+    end
+  end
+  return ids, values
+end
+
 -- Drops expired holders, then lets waiting entries hold by position: an
 -- entry holds when every live entry before it holds and it is compatible
 -- (exclusive: alone; shared: with shared ones, fewer than the limit).
@@ -205,22 +236,9 @@ local function settle(st, now)
     if n > 0 and (n >= st.limit or not is_shared(kept[1].m)) then
       break
     end
-    local ids = redis.pcall('ZRANGE', K[2], offset, offset + 7)
-    if ids.err then
-      corrupt(2, 'holds a ' .. type_of(K[2]) .. ', not a sorted set')
-    end
-    local values = {}
-    if #ids > 0 then
-      values = redis.pcall('HMGET', K[3], unpack(ids))
-      if values.err then
-        corrupt(3, 'holds a ' .. type_of(K[3]) .. ', not a hash')
-      end
-    end
+    local ids, values = queued(offset, 8)
     local blocked = false
     for i, id in ipairs(ids) do
-      if not is_lease_id(id) then
-        corrupt(2, 'holds a member that is not a lease id')
-      end
       local value = values[i]
       local w = value and waiter(id, value)
       if not w or w.e <= now then
@@ -307,9 +325,10 @@ local function retry_after(st, now, id)
       best = h.e - now
     end
   end
-  local first = redis.call('ZRANGE', K[2], 0, 0)[1]
+  local ids, values = queued(0, 1)
+  local first = ids[1]
   if first and first ~= id then
-    local value = redis.call('HGET', K[3], first)
+    local value = values[1]
     if value then
       local e = waiter(first, value).e
       if best < 0 or e - now < best then

@@ -26,16 +26,16 @@ return guarded(function()
   settle(st, now)
   local waiting = 0
   if st.w then
-    local ids = redis.call('ZRANGE', K[2], 0, -1)
-    for from = 1, #ids, 1000 do
-      local chunk = {unpack(ids, from, math.min(from + 999, #ids))}
-      local values = redis.call('HMGET', K[3], unpack(chunk))
-      for i, id in ipairs(chunk) do
+    local offset = 0
+    repeat
+      local ids, values = queued(offset, 1000)
+      for i, id in ipairs(ids) do
         if values[i] and waiter(id, values[i]).e > now then
           waiting = waiting + 1
         end
       end
-    end
+      offset = offset + 1000
+    until #ids < 1000
   end
   save(st, true, ARGV[1] == 'S' and 'SPUBLISH' or 'PUBLISH')
   local limit = st.limit

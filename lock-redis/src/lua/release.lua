@@ -57,8 +57,7 @@ return guarded(function()
       corrupt(3, 'holds a ' .. type_of(K[3]) .. ', not a hash')
     end
     if value and waiter(id, value).e > now then
-      redis.call('ZREM', K[2], id)
-      redis.call('HDEL', K[3], id)
+      unqueue(id)
       st.dirty, released = true, true
     end
   end

@@ -46,8 +46,7 @@ local function renew(id, wttl)
       if wttl == '' then
         -- Renewed as held, but it waits: its holder is mistaken; drop the
         -- entry rather than let it block the queue.
-        redis.call('ZREM', K[2], id)
-        redis.call('HDEL', K[3], id)
+        unqueue(id)
         st.dirty = true
         settle(st, now)
       else
