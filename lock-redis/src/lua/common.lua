@@ -236,7 +236,9 @@ local function settle(st, now)
     if n > 0 and (n >= st.limit or not is_shared(kept[1].m)) then
       break
     end
-    local ids, values = queued(offset, 8)
+    -- As many as could still hold (a few more only when some are gone).
+    local want = math.min(8, st.limit - n)
+    local ids, values = queued(offset, want)
     local blocked = false
     for i, id in ipairs(ids) do
       local value = values[i]
@@ -263,12 +265,12 @@ local function settle(st, now)
     if blocked then
       break
     end
-    if #ids < 8 then
+    if #ids < want then
       -- Every waiting entry is gone or holds.
       st.w, st.dirty = false, true
       break
     end
-    offset = offset + 8
+    offset = offset + want
   end
   if #removed > 0 then
     redis.call('ZREM', K[2], unpack(removed))
