@@ -16,19 +16,21 @@ const TAG_BUCKETS: u64 = 256;
 ///
 /// | name | Redis type | content |
 /// | --- | --- | --- |
-/// | `P{TT}:lock:K` | string, no expiry | the state: `<counter>` alone while nothing holds or waits; otherwise `<counter>,<limit>,<waiting 0/1>,<n>,<previous owner, n bytes>` followed by `;<lease id><mode><expiry ms>,<token>,<n>,<owner, n bytes>` for each holder, in grant order |
+/// | `P{TT}:lock:K` | string, no expiry | the state: `<counter>` alone while nothing holds or waits; `<lease id><mode><token>,<renewed µs>,<ttl ms>,<limit>,<owner>` for a lone holder whose token is the counter, nobody waiting; otherwise `<counter>,<limit>,<waiting 0/1>,<n>,<previous owner, n bytes>` followed by `;<lease id><mode><token>,<renewed µs>,<ttl ms>,<n>,<owner, n bytes>` for each holder, in grant order |
 /// | `P{TT}:queue:K` | sorted set | the waiting entries' lease ids, scored by their sequence number |
-/// | `P{TT}:waiting:K` | hash | lease id to `<mode><expiry ms>,<sequence number>,<owner>` for each waiting entry |
+/// | `P{TT}:waiting:K` | hash | lease id to `<mode><sequence number>,<renewed µs>,<waiter ttl ms>,<owner>` for each waiting entry |
 /// | `P{TT}:fence:K` | hash | the previous version's fencing counter: read once and deleted when the lock is migrated |
 /// | `P{TT}:chan:K` | pub/sub channel (sharded in Cluster mode) | a message when entries start holding: `<lease id>:<token>` for each, space-separated |
 ///
-/// Expiry times are absolute milliseconds of the server's clock (`TIME`),
-/// compared inside the scripts; `<mode>` is `x` (exclusive) or `s`
-/// (shared), upper case for an entry that mints no token. The counter is
-/// the last sequence number handed out; an entry's sequence number is its
-/// fencing token, `max(counter + 1, TIME in microseconds)`. A lock that
-/// nobody waits for costs one string: a grant and its release each read
-/// and write it once.
+/// An entry expires its ttl after it was last granted or renewed (`<renewed
+/// µs>`, the server's clock, `TIME`), compared inside the scripts;
+/// `<mode>` is `x` (exclusive) or `s` (shared), upper case for an entry
+/// that mints no token. The counter is the last sequence number handed
+/// out; an entry's sequence number is its fencing token,
+/// `max(counter + 1, TIME in microseconds)`. A lock that nobody waits for
+/// costs one string: a grant and its release each read and write it once
+/// (the lone holder's form has fixed widths up to its ttl, so a release
+/// reads it without parsing).
 ///
 /// A waiting entry that is no longer renewed (its process died) stays in
 /// the queue until its waiter ttl passes, then is skipped by the next

@@ -3,9 +3,9 @@
 -- request queues) or nothing.
 --
 -- KEYS[1]  the lock's state (the other names are made from it)
--- ARGV[1]  ",<limit>,0,0,;<lease id><mode>", mode x or s, upper case to
---          mint no token (what a grant writes, ready made)
--- ARGV[2]  ",<ttl ms>,<owner length>,<owner>"
+-- ARGV[1]  "<lease id><mode>": 32 lower-case hex digits, then x or s, upper
+--          case to mint no token
+-- ARGV[2]  ",<ttl ms>,<limit>,<owner>"
 -- ARGV[3]  "P" (PUBLISH) or "S" (SPUBLISH, Cluster), then the waiter ttl
 --          in ms for a request that queues
 --
@@ -19,10 +19,11 @@
 --   {"limit", the live entries' limit}
 --   {"corrupt", key index, what is wrong}
 
--- Fast path: a key whose state is its counter alone has no entry at all.
+-- Fast path: a key whose state is its counter alone has no entry at all;
+-- the grant writes the lone holder's form.
 local s = redis.pcall('GET', KEYS[1])
-local spec = ARGV[1]
-local fenced = string.byte(spec, -1) > 96
+local entry = ARGV[1]
+local fenced = string.byte(entry, 33) > 96
 if s == false and not fenced then
   s = ''
 end
@@ -35,7 +36,7 @@ if type(s) == 'string' and not string.find(s, '[^%d]')
   if #s > #now or (#s == #now and s >= now) then
     seq = string.format('%.0f', s + 1)
   end
-  redis.call('SET', KEYS[1], seq .. spec .. seq .. ',' .. now .. ARGV[2])
+  redis.call('SET', KEYS[1], entry .. seq .. ',' .. now .. ARGV[2])
   if fenced then
     return seq
   end
@@ -45,9 +46,9 @@ end
 --[[common]]
 
 names(KEYS[1])
-local limit, id, m = string.match(spec, '^,(%d+),0,0,;(%x+)(.)$')
+local id, m = string.sub(entry, 1, 32), string.sub(entry, 33, 33)
+local ttl, limit, owner = string.match(ARGV[2], '^,(%d+),(%d+),(.*)$')
 limit = tonumber(limit)
-local ttl, olen, owner = string.match(ARGV[2], '^,(%d+),(%d+),(.*)$')
 local publish = string.sub(ARGV[3], 1, 1) == 'S' and 'SPUBLISH' or 'PUBLISH'
 local wttl = string.sub(ARGV[3], 2)
 local shared = is_shared(m)
@@ -85,7 +86,7 @@ return guarded(function()
   if holds then
     local seq = next_seq(st.counter, now_us)
     st.counter, st.limit, st.dirty = seq, limit, true
-    holders[#holders + 1] = {id = id, m = m, q = seq, i = now_us, t = ttl, ol = olen, o = owner,
+    holders[#holders + 1] = {id = id, m = m, q = seq, i = now_us, t = ttl, o = owner,
       e = now + ttl * 1000}
     local prev = st.prev or ''
     st.prev = nil

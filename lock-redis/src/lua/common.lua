@@ -2,6 +2,9 @@
 -- of entries (see RedisKeys in keys.rs for the layout):
 --
 --   K[1] S  the state string (KEYS[1]), no expiry. Idle: "<counter>".
+--              One holder, nobody waiting, the holder's token the counter
+--              (what a fast grant writes, and a fast release reads):
+--              "<lease id><m><seq>,<renewed us>,<ttl ms>,<limit>,<owner>".
 --              Otherwise "<counter>,<limit>,<w>,<n>,<previous owner (n
 --              bytes)>" followed by one
 --              ";<lease id><m><seq>,<renewed us>,<ttl ms>,<n>,<owner>" per
@@ -117,6 +120,19 @@ local function load(s, now, now_us)
       corrupt(1, 'holds a counter that is not a number below 2^53')
     end
     st.counter = s
+    return st
+  end
+  local mode = string.byte(s, 33)
+  if mode == 120 or mode == 115 or mode == 88 or mode == 83 then
+    -- The lone holder's form.
+    local id = string.sub(s, 1, 32)
+    local q, i, t, l, at = string.match(s, '^(%d+),(%d+),(%d+),(%d+),()', 34)
+    if not q or not is_lease_id(id) or not exact(q) or not exact(i) then
+      corrupt(1, 'holds a string that is not a lock state')
+    end
+    st.counter, st.limit = q, tonumber(l)
+    st.holders[1] = {id = id, m = string.char(mode), q = q, i = i, t = t, o = string.sub(s, at),
+      e = i + t * 1000}
     return st
   end
   local c, l, w, pl, pos = string.match(s, '^(%d+),(%d+),([01]),(%d+),()')
@@ -288,12 +304,16 @@ local function save(st, keep_counter, publish)
   end
   if st.dirty then
     local holders = st.holders
+    local lone = holders[1]
     if #holders == 0 and not st.w and not st.prev then
       if keep_counter and st.counter then
         redis.call('SET', K[1], st.counter)
       else
         redis.call('DEL', K[1])
       end
+    elseif #holders == 1 and not st.w and not st.prev and lone.q == st.counter then
+      redis.call('SET', K[1], lone.id .. lone.m .. lone.q .. ',' .. lone.i .. ',' .. lone.t .. ','
+        .. st.limit .. ',' .. lone.o)
     else
       local prev = st.prev or ''
       local limit = st.limit

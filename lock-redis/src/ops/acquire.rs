@@ -46,14 +46,13 @@ async fn send(
     invocation
         .key(&keys.lock)
         .arg(format!(
-            ",{},0,0,;{}{}",
-            request.limit.max(1),
+            "{}{}",
             request.lease_id,
             mode_letter(request.mode, request.fencing)
         ))
         .arg(format!(
             ",{ttl_ms},{},{}",
-            request.owner.len(),
+            request.limit.max(1),
             request.owner
         ))
         .arg(format!(
