@@ -55,10 +55,7 @@ mod tests {
 
     fn entries(keys: &[String]) -> Vec<RenewEntry<'_>> {
         keys.iter()
-            .map(|key| RenewEntry {
-                key,
-                lease_id: LeaseId::random(),
-            })
+            .map(|key| RenewEntry::held(key, LeaseId::random()))
             .collect()
     }
 

@@ -10,7 +10,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::{
-    Client, Cmd, IntoConnectionInfo, ProtocolVersion, PushInfo, RedisResult, ScriptInvocation,
+    Client, IntoConnectionInfo, ProtocolVersion, PushInfo, RedisResult, ScriptInvocation,
     TlsCertificates, Value,
 };
 
@@ -111,13 +111,6 @@ impl Conn {
         }
     }
 
-    pub(crate) async fn query(&self, cmd: &Cmd) -> RedisResult<Value> {
-        match self {
-            Self::Single(conn) => cmd.query_async(&mut conn.clone()).await,
-            Self::Cluster(conn) => cmd.query_async(&mut conn.clone()).await,
-        }
-    }
-
     /// Subscribes to `channel` (sharded in Cluster mode).
     pub(crate) async fn subscribe(&self, channel: &[u8]) -> RedisResult<()> {
         match self {
@@ -137,14 +130,11 @@ impl Conn {
         matches!(self, Self::Cluster(_))
     }
 
-    /// The command a release publishes with: sharded in Cluster mode, so a
-    /// message goes to the key's shard only.
-    pub(crate) fn publish_command(&self) -> &'static str {
-        if self.is_cluster() {
-            "SPUBLISH"
-        } else {
-            "PUBLISH"
-        }
+    /// How the scripts publish grants: `S` (`SPUBLISH`, sharded) in Cluster
+    /// mode, so a message goes to the key's shard only; `P` (`PUBLISH`)
+    /// otherwise.
+    pub(crate) fn publish_flag(&self) -> &'static str {
+        if self.is_cluster() { "S" } else { "P" }
     }
 }
 

@@ -1,9 +1,6 @@
-//! The key layout: which Redis keys and channel one lock uses, and how the
-//! lock value is written.
+//! The key layout: which Redis keys and channel one lock uses.
 
 use std::fmt;
-
-use lock_core::{Holder, LeaseId, StoreError};
 
 /// How many distinct hash tags keys are spread over: the keys of one tag
 /// share a hash slot, so a Cluster renewal batch needs at most this many
@@ -12,13 +9,35 @@ const TAG_BUCKETS: u64 = 256;
 
 /// The Redis names one lock uses, as [`RedisStore::redis_keys`] gives them.
 ///
-/// For the lock key `K` and the store prefix `P` (default `dlock:`):
+/// A lock is a queue of entries (see [`LeaseStore`](lock_core::LeaseStore)):
+/// the entries that hold live in the state string, the waiting ones in a
+/// sorted set and a hash that exist only while someone waits. For the lock
+/// key `K` and the store prefix `P` (default `dlock:`):
 ///
 /// | name | Redis type | content |
 /// | --- | --- | --- |
-/// | `P{TT}:lock:K` | string with a `PX` expiry | `<lease id, 32 hex digits>:<owner>` |
-/// | `P{TT}:fence:K` | hash, no expiry | `token`: the last fencing token; `holder`: the lock value of the last grant until it is released |
-/// | `P{TT}:chan:K` | pub/sub channel (sharded in Cluster mode) | a message on every release |
+/// | `P{TT}:lock:K` | string, no expiry | the state: `<counter>` alone while nothing holds or waits; `<lease id><mode><token>,<renewed µs>,<ttl ms>,<limit>,<owner>` for a lone holder whose token is the counter, nobody waiting; otherwise `<counter>,<limit>,<waiting 0/1>,<n>,<previous owner, n bytes>` followed by `;<lease id><mode><token>,<renewed µs>,<ttl ms>,<n>,<owner, n bytes>` for each holder, in grant order |
+/// | `P{TT}:queue:K` | sorted set | the waiting entries' lease ids, scored by their sequence number |
+/// | `P{TT}:waiting:K` | hash | lease id to `<mode><sequence number>,<renewed µs>,<waiter ttl ms>,<owner>` for each waiting entry |
+/// | `P{TT}:fence:K` | hash | the previous version's fencing counter: read once and deleted when the lock is migrated |
+/// | `P{TT}:chan:K` | pub/sub channel (sharded in Cluster mode) | a message when entries start holding: `<lease id>:<token>` for each, space-separated |
+///
+/// An entry expires its ttl after it was last granted or renewed (`<renewed
+/// µs>`, the server's clock, `TIME`), compared inside the scripts;
+/// `<mode>` is `x` (exclusive) or `s` (shared), upper case for an entry
+/// that mints no token. The counter is the last sequence number handed
+/// out; an entry's sequence number is its fencing token,
+/// `max(counter + 1, TIME in microseconds)`. A lock that nobody waits for
+/// costs one string: a grant and its release each read and write it once
+/// (the lone holder's form has fixed widths up to its ttl, so a release
+/// reads it without parsing).
+///
+/// A waiting entry that is no longer renewed (its process died) stays in
+/// the queue until its waiter ttl passes, then is skipped by the next
+/// operation that reaches it; promoted before that, it holds until that
+/// same expiry. So a dead waiter delays the entries behind it by at most
+/// its waiter ttl, and costs its sorted-set member and hash field until
+/// then.
 ///
 /// `TT` is the key's *hash tag*: two lower-case hex digits computed from
 /// the bytes of `K` (64-bit FNV-1a, folded to 8 bits). Every name of one
@@ -26,19 +45,27 @@ const TAG_BUCKETS: u64 = 256;
 /// `K` contains (`{`, `}`, newlines, emoji...), and `K` itself follows
 /// verbatim, so distinct keys never share a name. The layout is part of
 /// the wire format: every client of one lock must use the same version of
-/// it and the same prefix.
+/// it and the same prefix. The previous version kept a lease as
+/// `<lease id>:<owner>` with `PX` at the same `lock` name and its counter
+/// in the `fence` hash: the first operation on such a lock carries the
+/// lease and the counter over; clients of the previous version then find a
+/// value they cannot read and report the key as corrupt, so stop them
+/// before starting this version.
 ///
 /// [`RedisStore::redis_keys`]: crate::RedisStore::redis_keys
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisKeys {
-    /// The lock key: the live lease, if any.
+    /// The state string: the counter, the limit and the holders.
     pub lock: String,
-    /// The fencing key: the token counter, kept across releases while
-    /// fencing is on.
+    /// The sorted set of waiting lease ids.
+    pub queue: String,
+    /// The hash of waiting entries.
+    pub waiting: String,
+    /// The previous version's fencing hash, migrated on first use.
     pub fence: String,
-    /// The channel a release publishes on.
+    /// The channel a grant by handoff publishes on.
     pub channel: String,
-    /// The hash tag shared by the three (without braces).
+    /// The hash tag shared by all of them (without braces).
     pub tag: String,
 }
 
@@ -46,6 +73,8 @@ impl fmt::Debug for RedisKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisKeys")
             .field("lock", &self.lock)
+            .field("queue", &self.queue)
+            .field("waiting", &self.waiting)
             .field("fence", &self.fence)
             .field("channel", &self.channel)
             .finish()
@@ -69,9 +98,22 @@ impl RedisKeys {
         };
         Self {
             lock: name("lock"),
+            queue: name("queue"),
+            waiting: name("waiting"),
             fence: name("fence"),
             channel: name("chan"),
             tag,
+        }
+    }
+
+    /// The name of the script key at `index` (1-based, as the scripts
+    /// report a corrupt key).
+    pub(crate) fn script_key(&self, index: i64) -> &str {
+        match index {
+            2 => &self.queue,
+            3 => &self.waiting,
+            4 => &self.fence,
+            _ => &self.lock,
         }
     }
 }
@@ -89,32 +131,6 @@ pub(crate) fn hash_tag(key: &str) -> String {
     format!("{:02x}", hash % TAG_BUCKETS)
 }
 
-/// The lock value of a lease: `<lease id>:<owner>`. The lease id has a
-/// fixed width, so any owner (colons included) reads back unambiguously.
-pub(crate) fn lock_value(lease_id: LeaseId, owner: &str) -> String {
-    format!("{lease_id}:{owner}")
-}
-
-/// The owner of a lock value the scripts have already checked.
-pub(crate) fn owner_of(key: &str, value: &[u8]) -> Result<String, StoreError> {
-    match value.get(33..).map(std::str::from_utf8) {
-        Some(Ok(owner)) if value.get(32) == Some(&b':') => Ok(owner.to_owned()),
-        _ => Err(StoreError::corrupt(
-            key,
-            "the lock value is not `<lease id>:<owner>` in UTF-8",
-        )),
-    }
-}
-
-/// A holder from a lock value and its PTTL (negative: no expiry known).
-pub(crate) fn holder_of(key: &str, value: &[u8], pttl: i64) -> Result<Holder, StoreError> {
-    let holder = Holder::new(owner_of(key, value)?);
-    Ok(match u64::try_from(pttl) {
-        Ok(ms) => holder.with_remaining(std::time::Duration::from_millis(ms)),
-        Err(_) => holder,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,7 +140,13 @@ mod tests {
         for key in ["plain", "}{", "}x", "{a}", "a{b}c", "line\nbreak", "🔒", ""] {
             let keys = RedisKeys::new("dlock:", key);
             let tag = format!("{{{}}}", keys.tag);
-            for name in [&keys.lock, &keys.fence, &keys.channel] {
+            for name in [
+                &keys.lock,
+                &keys.queue,
+                &keys.waiting,
+                &keys.fence,
+                &keys.channel,
+            ] {
                 assert!(name.starts_with(&format!("dlock:{tag}:")), "{name:?}");
                 assert!(name.ends_with(key), "{name:?}");
                 // The first `{...}` of the name is our tag.
@@ -142,23 +164,5 @@ mod tests {
             (0..4096).map(|i| hash_tag(&format!("job/{i}"))).collect();
         assert!(tags.len() > 250, "{}", tags.len());
         assert!(tags.iter().all(|t| t.len() == 2));
-    }
-
-    #[test]
-    fn values_keep_any_owner() {
-        let lease = LeaseId::from_u128(0xabc);
-        let value = lock_value(lease, "a:b\n🔒");
-        assert_eq!(value.len(), 33 + "a:b\n🔒".len());
-        assert_eq!(owner_of("k", value.as_bytes()).unwrap(), "a:b\n🔒");
-        assert!(owner_of("k", b"short").is_err());
-        let holder = holder_of("k", value.as_bytes(), 1500).unwrap();
-        assert_eq!(
-            holder.remaining,
-            Some(std::time::Duration::from_millis(1500))
-        );
-        assert_eq!(
-            holder_of("k", value.as_bytes(), -1).unwrap().remaining,
-            None
-        );
     }
 }

@@ -4,7 +4,10 @@
 //!
 //! [`RedisStore`] implements [`lock_core::LeaseStore`]; put it under a
 //! [`lock_core::LeaseLocker`] to get locks with heartbeats, warnings,
-//! fencing tokens and waiting woken by Redis pub/sub.
+//! fencing tokens, semaphores and reader-writer locks, and fair waiting:
+//! each lock is a first-come-first-served queue kept in Redis, and a
+//! release hands the lock to the next entry in the same script, telling it
+//! over Redis pub/sub.
 //!
 //! # Examples
 //!
@@ -52,7 +55,7 @@
 //!
 //! The store opens one connection (one per node in a Cluster), which
 //! reconnects by itself; it is shared by all clones of the store and
-//! carries the change notifications as well (RESP3).
+//! carries the grant notifications as well (RESP3).
 //!
 //! # What it guarantees, and what it does not
 //!
@@ -80,9 +83,11 @@
 //! grant's for the key: a resource that remembers the largest token it
 //! has accepted and refuses smaller ones stays safe through all of the
 //! above (two simultaneous holders can exist, but only the newest can
-//! write). Tokens come from a per-key counter incremented in the same
-//! script as the grant and floored at the server's `TIME` in
-//! microseconds: `token = max(counter + 1, now_us)`. So tokens keep
+//! write). A token is the entry's sequence number, taken from a per-key
+//! counter when the entry joins the queue (granted at once or waiting) and
+//! floored at the server's `TIME` in microseconds:
+//! `token = max(counter + 1, now_us)`; entries hold in sequence order, so
+//! grants carry increasing tokens. So tokens keep
 //! increasing even across a restart without persistence (which loses
 //! every lock and counter), as long as the server's clock does not step
 //! back across the restart by more than the downtime. After a failover to
@@ -98,7 +103,7 @@
 //! locks when a replica is promoted after the master fails. Cluster mode
 //! adds no consensus across shards. A renewal batch costs one script call
 //! per hash tag present in it (at most 256, see [`RedisKeys`]), sent
-//! concurrently. Release notifications use sharded pub/sub (`SPUBLISH` /
+//! concurrently. Grant notifications use sharded pub/sub (`SPUBLISH` /
 //! `SSUBSCRIBE`, Redis 7), so they stay on the key's shard.
 //!
 //! # Requirements
@@ -107,44 +112,71 @@
 //! with the commands); Redis 7 for Cluster mode (sharded pub/sub). Lua
 //! scripting must be allowed (`EVALSHA`, `SCRIPT LOAD`), and with ACLs the
 //! user needs the store's keys (`~dlock:*` by default) and channels
-//! (`&dlock:*`).
+//! (`&dlock:*`). The scripts make the names of a lock's other keys from
+//! the one they are given (all share its hash slot).
+//!
+//! **Upgrading from the previous version** (a lock was a `lock` string
+//! with `PX` and a `fence` hash): stop its clients first. The first
+//! operation on such a lock carries its lease and its token counter over
+//! to the new layout (the lease keeps holding and can be renewed and
+//! released); clients of the previous version that run on afterwards find
+//! values they cannot read and report the lock as corrupt.
 //!
 //! # How it works
 //!
-//! Each [`LeaseStore`](lock_core::LeaseStore) operation is one Lua script,
-//! run with `EVALSHA` (re-loaded by `redis::Script` after `NOSCRIPT`, for
-//! example after a restart emptied the script cache), so one round trip:
+//! Each lock is a queue of entries (see [`LeaseStore`](lock_core::LeaseStore)):
+//! the entries that hold are kept in one state string with the token
+//! counter; entries that wait sit in a sorted set (by sequence number) and
+//! a hash, which exist only while someone waits. Expiry times are the
+//! server's clock (`TIME`), compared inside the scripts. Each
+//! [`LeaseStore`](lock_core::LeaseStore) operation is one Lua script, run
+//! with `EVALSHA` (re-loaded by `redis::Script` after `NOSCRIPT`, for
+//! example after a restart emptied the script cache), so one round trip.
+//! Every script first applies the queue's rule: expired holders are
+//! dropped, and waiting entries hold by position (an exclusive entry
+//! alone, shared ones together up to the limit, none overtaking an
+//! earlier one); entries that start holding this way are told on the
+//! lock's channel (`PUBLISH`, or `SPUBLISH` in Cluster mode) in the same
+//! script.
 //!
-//! - **acquire** (`src/lua/acquire.lua`): if the lock key is absent (never
-//!   set, released, or expired by Redis), sets it with `PX ttl` to
-//!   `<lease id>:<owner>` and mints the fencing token in the fencing hash;
-//!   otherwise answers the holder and its `PTTL`. A retried request (its
-//!   first reply was lost) finds its own lease and is granted again. When
-//!   the previous lease expired without release, the grant names its
-//!   owner (`previous_owner`).
-//! - **renew** (`src/lua/renew.lua`): for each entry, `PEXPIRE` if the key
-//!   still carries the entry's lease id; never creates. One call per batch
-//!   (per hash tag in Cluster mode).
-//! - **release** (`src/lua/release.lua`): deletes the lock key if it
-//!   carries the lease id, keeps the fencing counter (deletes it too with
-//!   [`Fencing::Disabled`](lock_core::Fencing::Disabled)), and publishes on
-//!   the key's channel.
-//! - **inspect** (`src/lua/inspect.lua`): holder, remaining time, last
-//!   token.
-//! - **wait_for_change** subscribes to the key's channel on the store's
+//! - **acquire** (`src/lua/acquire.lua`): a lock whose state is its
+//!   counter alone is granted with one read and one write (the fast path:
+//!   no waiters, no sorted set). Otherwise the entry holds at once when it
+//!   would hold at the end of the queue; else a queueing request adds a
+//!   waiting entry (its token is fixed then: it is its sequence number)
+//!   and answers how soon an entry ahead may expire; a try answers the
+//!   first holder. A retried request (its first reply was lost) finds its
+//!   own entry.
+//! - **renew** (`src/lua/renew.lua`): for each entry, held or waiting,
+//!   extends it if it is live and carries its lease id (a waiting entry
+//!   that holds by now is extended to the lease ttl and answers its
+//!   grant); never creates. One call per batch (per hash tag in Cluster
+//!   mode), one `TIME` per call.
+//! - **release** (`src/lua/release.lua`): removes the lease's live entry;
+//!   the entries behind it that hold now are told in the same script. A
+//!   lone holder is released with one read and one write, and publishes
+//!   nothing. The counter stays; with
+//!   [`Fencing::Disabled`](lock_core::Fencing::Disabled) a lock left empty
+//!   is deleted.
+//! - **inspect** (`src/lua/inspect.lua`): holders, waiting entries,
+//!   limit, last token.
+//! - **wait_for_grant** subscribes to the lock's channel on the store's
 //!   connection (one subscription per channel, shared by all the store's
-//!   waiters, kept for a couple of seconds after the last one leaves), then
-//!   re-checks the key's `PTTL`, then waits for a message, the key's
-//!   expiry or the deadline, whichever comes first. A lost connection
-//!   wakes every waiter, and the locker re-polls in any case.
+//!   waiters, kept for a couple of seconds after the last one leaves) and
+//!   waits for a message naming its lease, a lost connection (`Changed`:
+//!   messages may have been missed) or the deadline. Grants for the
+//!   store's own waiting entries are kept from before their acquisition is
+//!   sent, so one published before the wait began is not lost; when the
+//!   subscription is younger than the entry, the wait looks at the store
+//!   once after subscribing.
 //!
-//! The keys and values are described at [`RedisKeys`]. A lock key that
+//! The keys and values are described at [`RedisKeys`]. A lock's key that
 //! holds something else (another program wrote to it) gives a
 //! [`StoreErrorKind::Corrupt`](lock_core::StoreErrorKind::Corrupt) error
-//! naming the key on acquire, release and inspect; a renewal batch answers
-//! `Lost` for such a key (its lease is gone) and logs the error, so that
-//! one overwritten key does not fail the renewal of every other lock in
-//! the batch.
+//! naming the key on acquire, release and inspect, before anything is
+//! written; a renewal batch answers `Lost` for such an entry and logs the
+//! error, so that one overwritten key does not fail the renewal of every
+//! other lock in the batch.
 //!
 //! Errors from the `redis` crate are mapped in one place: connection, I/O
 //! and timeout errors, `READONLY`, `BUSY`, `LOADING`, `TRYAGAIN`,

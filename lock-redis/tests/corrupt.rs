@@ -1,6 +1,7 @@
 //! A lock's Redis keys overwritten by another program: clear `Corrupt`
 //! errors naming the key, never a panic; a renewal batch only loses the
-//! overwritten lease.
+//! overwritten entry. The previous version's fencing hash with garbage in
+//! it is reported the same way when a lock is migrated.
 
 mod common;
 
@@ -81,10 +82,7 @@ async fn an_overwritten_lock_key_is_a_corrupt_error_naming_the_key() {
                 .await
                 .unwrap_err();
             assert_corrupt(&error, &key, &names.lock);
-            let entry = [RenewEntry {
-                key: &key,
-                lease_id: lease,
-            }];
+            let entry = [RenewEntry::held(&key, lease)];
             assert_eq!(
                 store.renew(&entry, TTL).await.unwrap(),
                 [RenewOutcome::Lost]
@@ -157,10 +155,7 @@ async fn one_overwritten_key_loses_only_its_own_lease_in_a_renewal_batch() {
         redis(server, &["SET", &victim, "notours"]).await;
         let entries: Vec<RenewEntry<'_>> = held
             .iter()
-            .map(|(key, lease_id)| RenewEntry {
-                key,
-                lease_id: *lease_id,
-            })
+            .map(|(key, lease_id)| RenewEntry::held(key, *lease_id))
             .collect();
         let outcomes = store.renew(&entries, TTL).await.unwrap();
         for (i, outcome) in outcomes.iter().enumerate() {
@@ -199,6 +194,74 @@ async fn lockers_report_overwritten_keys_and_holders_lose_them() {
         }
         redis(server, &["DEL", &names.lock]).await;
         locker.close().await.unwrap();
+    })
+    .await;
+}
+
+fn queue<'a>(key: &'a str, owner: &'a str) -> AcquireRequest<'a> {
+    AcquireRequest::new(key, owner, LeaseId::random(), TTL).queued(TTL)
+}
+
+/// The waiting entries' sorted set and hash overwritten: errors name them,
+/// and nothing is lost or granted meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overwritten_queue_keys_are_corrupt_errors_naming_them() {
+    bounded(async {
+        let server = start_or_skip!(shared_redis());
+        let store = RedisStore::connect(server.url()).await.unwrap();
+
+        // The sorted set holds a string.
+        let key = unique_key("corrupt-queue");
+        let names = store.redis_keys(&key);
+        let (alice, _) = grant(&store, &key, "alice", TTL).await;
+        let bob = queue(&key, "bob");
+        store.acquire(bob).await.unwrap();
+        redis(server, &["DEL", &names.queue]).await;
+        redis(server, &["SET", &names.queue, "notours"]).await;
+        let error = store.acquire(queue(&key, "carol")).await.unwrap_err();
+        assert_corrupt(&error, &key, &names.queue);
+        let error = store.inspect(&key).await.unwrap_err();
+        assert_corrupt(&error, &key, &names.queue);
+        let error = store
+            .release(&key, bob.lease_id, Fencing::Enabled)
+            .await
+            .unwrap_err();
+        assert_corrupt(&error, &key, &names.queue);
+        let error = store
+            .release(&key, alice, Fencing::Enabled)
+            .await
+            .unwrap_err();
+        assert_corrupt(&error, &key, &names.queue);
+        let waiting = [RenewEntry::waiting(&key, bob.lease_id, TTL)];
+        assert_eq!(
+            store.renew(&waiting, TTL).await.unwrap(),
+            [RenewOutcome::Lost]
+        );
+
+        // A waiting entry that is not ours.
+        let key = unique_key("corrupt-waiting");
+        let names = store.redis_keys(&key);
+        let (alice, _) = grant(&store, &key, "alice", TTL).await;
+        let bob = queue(&key, "bob");
+        store.acquire(bob).await.unwrap();
+        redis(
+            server,
+            &["HSET", &names.waiting, &bob.lease_id.to_string(), "garbage"],
+        )
+        .await;
+        let error = store.inspect(&key).await.unwrap_err();
+        assert_corrupt(&error, &key, &names.waiting);
+        let error = store
+            .release(&key, alice, Fencing::Enabled)
+            .await
+            .unwrap_err();
+        assert_corrupt(&error, &key, &names.waiting);
+        // Alice still holds: the failed release changed nothing.
+        let held = [RenewEntry::held(&key, alice)];
+        assert!(matches!(
+            store.renew(&held, TTL).await.unwrap()[0],
+            RenewOutcome::Renewed { .. }
+        ));
     })
     .await;
 }

@@ -1,81 +1,141 @@
--- dlock acquire: grants the lock KEYS[1] if no live lease holds it, and
--- mints the fencing token in the same atomic step.
+-- dlock acquire: adds an entry for a lease to the lock's queue, holding at
+-- once when it would hold at the end of the queue, else waiting (when the
+-- request queues) or nothing.
 --
--- KEYS[1]  lock key: a string "<32 hex lease id>:<owner>" with a PX expiry
--- KEYS[2]  fencing key: a hash {token = last token, holder = lock value of
---          the last grant, removed again on release}
--- ARGV[1]  the new lock value "<32 hex lease id>:<owner>"
--- ARGV[2]  time to live in milliseconds
--- ARGV[3]  "1" to mint a fencing token, "0" not to
+-- KEYS[1]  the lock's state (the other names are made from it)
+-- ARGV[1]  "<lease id><mode>": 32 lower-case hex digits, then x or s, upper
+--          case to mint no token
+-- ARGV[2]  ",<ttl ms>,<limit>,<owner>"
+-- ARGV[3]  "P" (PUBLISH) or "S" (SPUBLISH, Cluster), then the waiter ttl
+--          in ms for a request that queues
 --
 -- Replies:
---   {"granted", token or "", value of an expired, unreleased lease or ""}
---   {"held", value of the live lease, its PTTL in ms (-1: no expiry)}
---   {"corrupt", 1 or 2 (the key at fault), what is wrong}
+--   token (a string, empty when none is minted), when a free key was
+--   granted
+--   {"granted", token or "", previous owner or ""}
+--   {"held", owner, remaining ms, mode}
+--   {"queued", token or "", holder owner or "", its remaining ms, its mode,
+--    retry after ms (-1: none known)}
+--   {"limit", the live entries' limit}
+--   {"corrupt", key index, what is wrong}
 
-local function is_lease(value)
-  return #value >= 33
-    and string.byte(value, 33) == 58 -- ":"
-    and string.find(string.sub(value, 1, 32), "^%x+$") ~= nil
+-- Fast path: a key whose state is its counter alone has no entry at all;
+-- the grant writes the lone holder's form.
+local s = redis.pcall('GET', KEYS[1])
+local entry = ARGV[1]
+local fenced = string.byte(entry, 33) > 96
+if s == false and not fenced then
+  s = ''
 end
-
-local function type_of(key)
-  return redis.call("TYPE", key)["ok"]
-end
-
-local lock, fence = KEYS[1], KEYS[2]
-local value, ttl, fencing = ARGV[1], ARGV[2], ARGV[3] == "1"
-
-local current = redis.pcall("GET", lock)
-if type(current) == "table" then
-  return {"corrupt", 1, "holds a " .. type_of(lock) .. ", not a lease string"}
-end
-if current then
-  if not is_lease(current) then
-    return {"corrupt", 1, "holds a string that is not a lease"}
+if type(s) == 'string' and not string.find(s, '[^%d]')
+  and (#s < 16 or (#s == 16 and s < '9007199254740992')) then
+  local t = redis.call('TIME')
+  local us = t[2]
+  local now = t[1] .. string.sub('00000', #us) .. us
+  local seq = now
+  if #s > #now or (#s == #now and s >= now) then
+    seq = string.format('%.0f', s + 1)
   end
-  if current ~= value then
-    return {"held", current, redis.call("PTTL", lock)}
+  redis.call('SET', KEYS[1], entry .. seq .. ',' .. now .. ARGV[2])
+  if fenced then
+    return seq
   end
-  -- Our own lease: this request was sent again after its reply was lost.
-  -- Grant it again, unchanged, with the token it was minted.
-  local token = ""
-  if fencing then
-    local minted = redis.pcall("HGET", fence, "token")
-    if type(minted) == "string" then
-      token = minted
+  return ''
+end
+
+--[[common]]
+
+names(KEYS[1])
+local id, m = string.sub(entry, 1, 32), string.sub(entry, 33, 33)
+local ttl, limit, owner = string.match(ARGV[2], '^,(%d+),(%d+),(.*)$')
+limit = tonumber(limit)
+local publish = string.sub(ARGV[3], 1, 1) == 'S' and 'SPUBLISH' or 'PUBLISH'
+local wttl = string.sub(ARGV[3], 2)
+local shared = is_shared(m)
+
+return guarded(function()
+  local now, now_us = clock()
+  local st = load(s, now, now_us)
+  if st.absent and fenced then
+    local token = legacy_token()
+    if token then
+      st.counter, st.drop_fence = token, true
     end
   end
-  return {"granted", token, ""}
-end
-
-local token, previous = "", ""
-if fencing then
-  local state = redis.pcall("HMGET", fence, "token", "holder")
-  if state["err"] then
-    return {"corrupt", 2, "holds a " .. type_of(fence) .. ", not a hash"}
-  end
-  local last, holder = state[1], state[2]
-  local time = redis.call("TIME")
-  -- Floor at the server's clock in microseconds, so that tokens keep
-  -- increasing after a restart that lost the counter.
-  local next = tonumber(time[1] .. string.format("%06d", tonumber(time[2])))
-  if last then
-    -- Tokens stay below 2^53, where Lua numbers are exact.
-    if not string.find(last, "^%d+$") or #last > 16 or tonumber(last) >= 9007199254740991 then
-      return {"corrupt", 2, "holds a token that is not a number below 2^53"}
-    end
-    local counted = tonumber(last) + 1
-    if counted > next then
-      next = counted
+  settle(st, now)
+  local holders = st.holders
+  for _, h in ipairs(holders) do
+    if h.id == id then
+      -- Sent again after a lost reply: answer the entry as it stands.
+      h.i, h.t, h.e, st.dirty = now_us, ttl, now + ttl * 1000, true
+      save(st, true, publish)
+      return {'granted', is_fenced(h.m) and h.q or '', ''}
     end
   end
-  token = string.format("%.0f", next)
-  if holder and is_lease(holder) then
-    -- The last grant was never released: it expired and is taken over.
-    previous = holder
+  local live = #holders > 0 or st.w
+  if live and st.limit ~= limit then
+    save(st, true, publish)
+    return {'limit', st.limit}
   end
-  redis.call("HSET", fence, "token", token, "holder", value)
-end
-redis.call("SET", lock, value, "PX", ttl)
-return {"granted", token, previous}
+  local holds
+  if shared then
+    holds = not st.w and #holders < limit and (#holders == 0 or is_shared(holders[1].m))
+  else
+    holds = not live
+  end
+  if holds then
+    local seq = next_seq(st.counter, now_us)
+    st.counter, st.limit, st.dirty = seq, limit, true
+    holders[#holders + 1] = {id = id, m = m, q = seq, i = now_us, t = ttl, o = owner,
+      e = now + ttl * 1000}
+    local prev = st.prev or ''
+    st.prev = nil
+    save(st, true, publish)
+    return {'granted', fenced and seq or '', prev}
+  end
+  local first = holders[1]
+  if wttl == '' then
+    save(st, true, publish)
+    if not first then
+      corrupt(1, 'holds a queue without holder')
+    end
+    return {'held', holder_reply(first, now)}
+  end
+  local seq = next_seq(st.counter, now_us)
+  local entry = m .. seq .. ',' .. now_us .. ',' .. wttl .. ',' .. owner
+  local added = redis.pcall('HSETNX', K[3], id, entry)
+  if type(added) == 'table' then
+    corrupt(3, 'holds a ' .. type_of(K[3]) .. ', not a hash')
+  end
+  if added == 0 then
+    local existing = waiter(id, redis.call('HGET', K[3], id))
+    if existing.e > now then
+      -- Sent again after a lost reply: the entry waits already.
+      save(st, true, publish)
+      local o, left, hm = '', -1, ''
+      if first then
+        o, left, hm = holder_reply(first, now)
+      end
+      return {'queued', is_fenced(existing.m) and existing.q or '', o, left, hm,
+        retry_after(st, now, id)}
+    end
+    -- An expired entry of this lease deeper in the queue: line up anew.
+    unqueue(id)
+    redis.call('HSET', K[3], id, entry)
+  end
+  local zadd = redis.pcall('ZADD', K[2], seq, id)
+  if type(zadd) == 'table' then
+    redis.call('HDEL', K[3], id)
+    corrupt(2, 'holds a ' .. type_of(K[2]) .. ', not a sorted set')
+  end
+  if not live then
+    st.limit = limit
+  end
+  st.counter, st.w, st.dirty = seq, true, true
+  save(st, true, publish)
+  local o, left, hm = '', -1, ''
+  if first then
+    o, left, hm = holder_reply(first, now)
+  end
+  return {'queued', fenced and seq or '', o, left, hm, retry_after(st, now, id)}
+end)

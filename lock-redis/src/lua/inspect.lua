@@ -1,35 +1,52 @@
 -- dlock inspect: what the store knows about one lock.
 --
--- KEYS[1]  lock key
--- KEYS[2]  fencing key (hash)
+-- KEYS[1]  the lock's state (the other names are made from it)
+-- ARGV[1]  "P" (PUBLISH) or "S" (SPUBLISH, Cluster)
 --
 -- Replies:
---   {"none"} when neither key exists
---   {"info", value of the live lease or "", its PTTL in ms, last token or ""}
---   {"corrupt", 1 or 2 (the key at fault), what is wrong}
+--   {"none"} when the lock has no state
+--   {"info", last token or "", limit (0: no live entry), waiting entries,
+--    then owner, remaining ms, mode of each holder in grant order}
+--   {"corrupt", key index, what is wrong}
 
-local lock, fence = KEYS[1], KEYS[2]
-local current = redis.pcall("GET", lock)
-if type(current) == "table" then
-  return {"corrupt", 1, "holds a " .. redis.call("TYPE", lock)["ok"] .. ", not a lease string"}
-end
-local token = redis.pcall("HGET", fence, "token")
-if type(token) == "table" then
-  return {"corrupt", 2, "holds a " .. redis.call("TYPE", fence)["ok"] .. ", not a hash"}
-end
-if token and not string.find(token, "^%d+$") then
-  return {"corrupt", 2, "holds a token that is not a number"}
-end
-if not current and not token and redis.call("EXISTS", fence) == 0 then
-  return {"none"}
-end
-local ttl = -2
-if current then
-  if #current < 33
-    or string.byte(current, 33) ~= 58
-    or string.find(string.sub(current, 1, 32), "^%x+$") == nil then
-    return {"corrupt", 1, "holds a string that is not a lease"}
+--[[common]]
+
+names(KEYS[1])
+
+return guarded(function()
+  local now, now_us = clock()
+  local st = load(redis.pcall('GET', K[1]), now, now_us)
+  if st.absent then
+    local token = legacy_token()
+    if token then
+      return {'info', token, 0, 0}
+    end
+    return {'none'}
   end
-  ttl = redis.call("PTTL", lock)
-end
-return {"info", current or "", ttl, token or ""}
+  settle(st, now)
+  local waiting = 0
+  if st.w then
+    local offset = 0
+    repeat
+      local ids, values = queued(offset, 1000)
+      for i, id in ipairs(ids) do
+        if values[i] and waiter(id, values[i]).e > now then
+          waiting = waiting + 1
+        end
+      end
+      offset = offset + 1000
+    until #ids < 1000
+  end
+  save(st, true, ARGV[1] == 'S' and 'SPUBLISH' or 'PUBLISH')
+  local limit = st.limit
+  if #st.holders == 0 and waiting == 0 then
+    limit = 0
+  end
+  local reply = {'info', st.counter or '', limit, waiting}
+  for _, h in ipairs(st.holders) do
+    reply[#reply + 1] = h.o
+    reply[#reply + 1] = math.floor((h.e - now) / 1000)
+    reply[#reply + 1] = h.m
+  end
+  return reply
+end)

@@ -1,31 +1,79 @@
--- dlock renew: extends every lease of the batch that is still live and
--- still carries the expected lease id. Never creates a lease.
+-- dlock renew: extends every live entry of the batch that carries its
+-- lease id: held ones to the ttl; waiting ones by their waiter ttl, or to
+-- the ttl when they hold by now. Never creates an entry.
 --
--- KEYS[i]    lock key of entry i
--- ARGV[1]    time to live in milliseconds
--- ARGV[i+1]  32 hex digits: the lease id entry i must carry
+-- KEYS[i]         the state of entry i's lock (the other names are made
+--                 from it)
+-- ARGV[1]         ttl in ms
+-- ARGV[2]         "P" (PUBLISH) or "S" (SPUBLISH, Cluster)
+-- ARGV[2i+1..+2]  entry i: lease id; then "" (held), a waiter ttl in ms
+--                 (waiting), or "?" (waiting, only look)
 --
--- Reply: one integer per entry, in order: 1 renewed, 0 lost (absent,
--- expired or superseded), -1 the key holds another type, -2 the key holds
--- a string that is not a lease.
+-- Reply: one string per entry, in order: "r" renewed, "g<token>" holds
+-- (the token empty when it mints none), "w<ms>" still waits (an entry
+-- ahead may expire in ms, empty when none is known), "l" lost, or
+-- "c<key index><what is wrong>".
+
+--[[common]]
 
 local ttl = ARGV[1]
-local outcomes = {}
-for i, lock in ipairs(KEYS) do
-  local current = redis.pcall("GET", lock)
-  if type(current) == "table" then
-    outcomes[i] = -1
-  elseif not current then
-    outcomes[i] = 0
-  elseif #current < 33
-    or string.byte(current, 33) ~= 58
-    or string.find(string.sub(current, 1, 32), "^%x+$") == nil then
-    outcomes[i] = -2
-  elseif string.sub(current, 1, 32) == ARGV[i + 1] then
-    redis.call("PEXPIRE", lock, ttl)
-    outcomes[i] = 1
-  else
-    outcomes[i] = 0
+local publish = ARGV[2] == 'S' and 'SPUBLISH' or 'PUBLISH'
+local now, now_us = clock()
+
+local function renew(id, wttl)
+  local st = load(redis.pcall('GET', K[1]), now, now_us)
+  settle(st, now)
+  for _, h in ipairs(st.holders) do
+    if h.id == id then
+      if wttl ~= '?' then
+        h.i, h.t, h.e, st.dirty = now_us, ttl, now + ttl * 1000, true
+      end
+      save(st, true, publish)
+      if wttl == '' then
+        return 'r'
+      end
+      return 'g' .. (is_fenced(h.m) and h.q or '')
+    end
   end
+  local outcome = 'l'
+  if st.w then
+    local value = redis.pcall('HGET', K[3], id)
+    if type(value) == 'table' then
+      corrupt(3, 'holds a ' .. type_of(K[3]) .. ', not a hash')
+    end
+    local w = value and waiter(id, value)
+    if w and w.e > now then
+      if wttl == '' then
+        -- Renewed as held, but it waits: its holder is mistaken; drop the
+        -- entry rather than let it block the queue.
+        unqueue(id)
+        st.dirty = true
+        settle(st, now)
+      else
+        if wttl ~= '?' then
+          w.i, w.t = now_us, wttl
+          redis.call('HSET', K[3], id, waiter_value(w))
+        end
+        local after = retry_after(st, now, id)
+        outcome = 'w' .. (after >= 0 and after or '')
+      end
+    end
+  end
+  save(st, true, publish)
+  return outcome
+end
+
+local outcomes = {}
+for n = 1, #KEYS do
+  names(KEYS[n])
+  local ok, outcome = pcall(renew, ARGV[2 * n + 1], ARGV[2 * n + 2])
+  if not ok then
+    if type(outcome) == 'table' and outcome.corrupt then
+      outcome = 'c' .. outcome.corrupt .. outcome.what
+    else
+      error(outcome)
+    end
+  end
+  outcomes[n] = outcome
 end
 return outcomes

@@ -1,61 +1,124 @@
-//! acquire: `src/lua/acquire.lua` grants a free (or expired) lock key and
-//! mints its fencing token, or answers the holder.
+//! acquire: `src/lua/acquire.lua` adds an entry to the lock's queue:
+//! holding at once (minting its token), waiting, or nothing.
 
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use lock_core::{AcquireOutcome, AcquireRequest, Grant, StoreError};
-use redis::Script;
+use lock_core::{AcquireOutcome, AcquireRequest, Grant, Queued, StoreError};
+use redis::{Script, Value};
 
-use super::{bytes_at, corrupt_reply, fencing_arg, int_at, reply_items, token_of, ttl_millis};
+use super::{
+    bytes_at, corrupt_reply, holder_at, int_at, millis, mode_letter, reply_items, script, token_of,
+    ttl_millis,
+};
 use crate::error::{map_redis_error, unexpected_reply};
-use crate::keys::{holder_of, lock_value, owner_of};
 use crate::store::RedisStore;
 
-static ACQUIRE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("../lua/acquire.lua")));
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| script(include_str!("../lua/acquire.lua")));
 
-/// One script call. Replies: `granted` (token, previous owner's lock
-/// value or ""), `held` (the holder's lock value and `PTTL`), or `corrupt`.
+/// One script call. Replies: the token alone (a free key granted), or
+/// `granted`, `held`, `queued`, `limit` or `corrupt` with their fields.
 pub(super) async fn acquire(
+    store: &RedisStore,
+    request: AcquireRequest<'_>,
+) -> Result<AcquireOutcome, StoreError> {
+    let outcome = send(store, request).await;
+    // A failed call may have queued the entry: its record stays until the
+    // entry is released.
+    if request.queue.is_some()
+        && matches!(outcome, Ok(ref outcome) if !matches!(outcome, AcquireOutcome::Queued(_)))
+    {
+        store.inner.waiters.forget(request.lease_id);
+    }
+    outcome
+}
+
+async fn send(
     store: &RedisStore,
     request: AcquireRequest<'_>,
 ) -> Result<AcquireOutcome, StoreError> {
     let key = request.key;
     let keys = store.redis_keys(key);
     let ttl_ms = ttl_millis(request.ttl);
+    let waiter_ms = request.queue.map(ttl_millis);
     let mut invocation = ACQUIRE.prepare_invoke();
+    // Ready made for the fast path: what a grant writes around the token.
     invocation
         .key(&keys.lock)
-        .key(&keys.fence)
-        .arg(lock_value(request.lease_id, request.owner))
-        .arg(ttl_ms)
-        .arg(fencing_arg(request.fencing));
+        .arg(format!(
+            "{}{}",
+            request.lease_id,
+            mode_letter(request.mode, request.fencing)
+        ))
+        .arg(format!(
+            ",{ttl_ms},{},{}",
+            request.limit.max(1),
+            request.owner
+        ))
+        .arg(format!(
+            "{}{}",
+            store.inner.conn.publish_flag(),
+            waiter_ms.map_or_else(String::new, |ms| ms.to_string())
+        ));
+    // Grants for the entry are kept from before it can be queued.
+    if request.queue.is_some() {
+        store
+            .inner
+            .waiters
+            .queueing(request.lease_id, tokio::time::Instant::now());
+    }
     let reply = store
         .inner
         .conn
         .eval(&invocation)
         .await
         .map_err(|error| map_redis_error("acquire", Some(key), error))?;
+    let grant = Grant::new(Duration::from_millis(ttl_ms));
+    let reply = match reply {
+        // The fast path: a free key, granted.
+        Value::BulkString(token) => {
+            return Ok(AcquireOutcome::Acquired(match token_of(key, &token)? {
+                Some(token) => grant.with_token(token),
+                None => grant,
+            }));
+        }
+        other => other,
+    };
     let (status, items) = reply_items("acquire", key, reply)?;
     match status.as_slice() {
         b"granted" => {
-            let mut grant = Grant::new(Duration::from_millis(ttl_ms));
+            let mut grant = grant;
             if let Some(token) = token_of(key, bytes_at("acquire", key, &items, 0)?)? {
                 grant = grant.with_token(token);
             }
             let previous = bytes_at("acquire", key, &items, 1)?;
             if !previous.is_empty() {
-                let owner = owner_of(key, previous)?;
+                let owner = String::from_utf8_lossy(previous).into_owned();
                 tracing::debug!(key, previous_owner = %owner, "took over an expired lease");
                 grant = grant.with_previous_owner(owner);
             }
             Ok(AcquireOutcome::Acquired(grant))
         }
-        b"held" => {
-            let value = bytes_at("acquire", key, &items, 0)?;
-            let pttl = int_at("acquire", key, &items, 1)?;
-            Ok(AcquireOutcome::Held(holder_of(key, value, pttl)?))
+        b"held" => Ok(AcquireOutcome::Held(holder_at("acquire", key, &items, 0)?)),
+        b"queued" => {
+            let waiter_ttl = Duration::from_millis(waiter_ms.unwrap_or(ttl_ms));
+            let mut queued = Queued::new(waiter_ttl);
+            if let Some(token) = token_of(key, bytes_at("acquire", key, &items, 0)?)? {
+                queued = queued.with_token(token);
+            }
+            if !bytes_at("acquire", key, &items, 1)?.is_empty() {
+                queued = queued.with_holder(holder_at("acquire", key, &items, 1)?);
+            }
+            if let Some(after) = millis(int_at("acquire", key, &items, 4)?) {
+                queued = queued.with_retry_after(after);
+            }
+            Ok(AcquireOutcome::Queued(queued))
+        }
+        b"limit" => {
+            let limit = int_at("acquire", key, &items, 0)?;
+            let limit = u32::try_from(limit)
+                .map_err(|_| unexpected_reply("acquire", key, "limit out of range"))?;
+            Ok(AcquireOutcome::LimitMismatch { limit })
         }
         b"corrupt" => Err(corrupt_reply("acquire", key, &keys, &items)),
         _ => Err(unexpected_reply("acquire", key, "unknown status")),

@@ -1,7 +1,7 @@
 //! The [`LeaseStore`] operations, one module each: the script each one
 //! runs (`src/lua/`), its arguments, and what its reply means. Shared here:
-//! reading the scripts' replies, and the error for a key another program
-//! overwrote.
+//! the scripts' common part, reading their replies, and the error for a
+//! key another program overwrote.
 
 mod acquire;
 mod inspect;
@@ -13,10 +13,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lock_core::{
-    AcquireOutcome, AcquireRequest, Capabilities, Fencing, FencingToken, LeaseId, LeaseInfo,
-    LeaseStore, ReleaseOutcome, RenewEntry, RenewOutcome, StoreError,
+    AcquireOutcome, AcquireRequest, Capabilities, Fencing, FencingToken, Holder, LeaseId,
+    LeaseInfo, LeaseStore, LockMode, ReleaseOutcome, RenewEntry, RenewOutcome, StoreError,
+    WaitOutcome,
 };
-use redis::Value;
+use redis::{Script, Value};
 
 use crate::error::unexpected_reply;
 use crate::keys::RedisKeys;
@@ -59,15 +60,41 @@ impl LeaseStore for RedisStore {
             .with_fencing(true)
     }
 
-    async fn wait_for_change(&self, key: &str, max: Duration) {
-        wait::wait_for_change(self, key, max).await;
+    async fn wait_for_grant(&self, key: &str, lease_id: LeaseId, max: Duration) -> WaitOutcome {
+        wait::wait_for_grant(self, key, lease_id, max).await
+    }
+}
+
+/// A script: `body` with the shared part (`src/lua/common.lua`) in place
+/// of its `--[[common]]` line, after the script's fast path.
+fn script(body: &str) -> Script {
+    Script::new(&body.replacen("--[[common]]", include_str!("../lua/common.lua"), 1))
+}
+
+/// The mode letter of an entry: `x` or `s`, upper case when the entry
+/// mints no token.
+fn mode_letter(mode: LockMode, fencing: Fencing) -> char {
+    match (mode, fencing.is_enabled()) {
+        (LockMode::Exclusive, true) => 'x',
+        (LockMode::Shared, true) => 's',
+        (LockMode::Exclusive, false) => 'X',
+        (LockMode::Shared, false) => 'S',
+    }
+}
+
+/// A mode letter as the scripts store it.
+fn mode_of(op: &str, key: &str, letter: &[u8]) -> Result<LockMode, StoreError> {
+    match letter {
+        b"x" | b"X" => Ok(LockMode::Exclusive),
+        b"s" | b"S" => Ok(LockMode::Shared),
+        _ => Err(unexpected_reply(op, key, "unknown mode")),
     }
 }
 
 /// The error for a lock whose Redis key holds data dlock did not write
-/// (`which` 2: the fencing key; otherwise the lock key), logged as well.
+/// (`which`: the script key index), logged as well.
 fn corrupt(op: &str, key: &str, keys: &RedisKeys, which: i64, what: &str) -> StoreError {
-    let name = if which == 2 { &keys.fence } else { &keys.lock };
+    let name = keys.script_key(which);
     tracing::error!(
         key = %key,
         redis_key = ?name,
@@ -78,7 +105,7 @@ fn corrupt(op: &str, key: &str, keys: &RedisKeys, which: i64, what: &str) -> Sto
         key,
         format!(
             "the Redis key {name:?} {what}: another program wrote to it; \
-             delete the key to free the lock"
+             delete the lock's keys (see RedisKeys) to free the lock"
         ),
     )
 }
@@ -92,13 +119,9 @@ fn corrupt_reply(op: &str, key: &str, keys: &RedisKeys, items: &[Value]) -> Stor
     }
 }
 
-/// The ttl in whole milliseconds, rounded up (Redis's `PX` unit).
+/// The ttl in whole milliseconds, rounded up (the unit of the scripts).
 fn ttl_millis(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_nanos().div_ceil(1_000_000).max(1)).unwrap_or(u64::MAX)
-}
-
-fn fencing_arg(fencing: Fencing) -> &'static str {
-    if fencing.is_enabled() { "1" } else { "0" }
 }
 
 /// A script's reply as its items, the first being the status word.
@@ -144,9 +167,27 @@ fn token_of(key: &str, bytes: &[u8]) -> Result<Option<FencingToken>, StoreError>
     }
     std::str::from_utf8(bytes)
         .ok()
-        .and_then(|text| text.parse().ok())
-        .map(Some)
+        .and_then(|text| text.parse::<u64>().ok())
+        .map(|value| Some(FencingToken::from(value)))
         .ok_or_else(|| StoreError::corrupt(key, "the fencing token is not a decimal number"))
+}
+
+/// A duration in ms from a script, `None` when negative (none known).
+fn millis(ms: i64) -> Option<Duration> {
+    u64::try_from(ms).ok().map(Duration::from_millis)
+}
+
+/// A holder from the owner, remaining ms and mode items at `at`.
+fn holder_at(op: &str, key: &str, items: &[Value], at: usize) -> Result<Holder, StoreError> {
+    let owner = bytes_at(op, key, items, at)?;
+    let owner = std::str::from_utf8(owner)
+        .map_err(|_| StoreError::corrupt(key, "a holder's owner is not UTF-8"))?;
+    let mut holder =
+        Holder::new(owner).with_mode(mode_of(op, key, bytes_at(op, key, items, at + 2)?)?);
+    if let Some(remaining) = millis(int_at(op, key, items, at + 1)?) {
+        holder = holder.with_remaining(remaining);
+    }
+    Ok(holder)
 }
 
 #[cfg(test)]
@@ -159,5 +200,24 @@ mod tests {
         assert_eq!(ttl_millis(Duration::from_micros(1500)), 2);
         assert_eq!(ttl_millis(Duration::from_secs(2)), 2000);
         assert_eq!(ttl_millis(Duration::ZERO), 1);
+    }
+
+    #[test]
+    fn mode_letters_carry_fencing() {
+        assert_eq!(mode_letter(LockMode::Exclusive, Fencing::Enabled), 'x');
+        assert_eq!(mode_letter(LockMode::Shared, Fencing::Enabled), 's');
+        assert_eq!(mode_letter(LockMode::Shared, Fencing::Disabled), 'S');
+    }
+
+    #[test]
+    fn every_script_gets_the_common_part() {
+        for body in [
+            include_str!("../lua/acquire.lua"),
+            include_str!("../lua/release.lua"),
+            include_str!("../lua/renew.lua"),
+            include_str!("../lua/inspect.lua"),
+        ] {
+            assert_eq!(body.matches("--[[common]]").count(), 1);
+        }
     }
 }

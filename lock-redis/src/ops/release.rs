@@ -1,46 +1,53 @@
-//! release: `src/lua/release.lua` deletes the lock key while it carries
-//! the lease id, and publishes on the key's channel.
+//! release: `src/lua/release.lua` removes the lease's live entry; the
+//! entries it kept waiting hold from that step on and are told on the
+//! lock's channel.
 
 use std::sync::LazyLock;
 
 use lock_core::{Fencing, LeaseId, ReleaseOutcome, StoreError};
-use redis::Script;
+use redis::{Script, Value};
 
-use super::{corrupt_reply, fencing_arg, reply_items};
+use super::{corrupt_reply, reply_items, script};
 use crate::error::{map_redis_error, unexpected_reply};
 use crate::store::RedisStore;
 
-static RELEASE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("../lua/release.lua")));
+static RELEASE: LazyLock<Script> = LazyLock::new(|| script(include_str!("../lua/release.lua")));
 
-/// One script call. The fencing counter stays, unless `fencing` is
-/// disabled. Replies: `released`, `notheld` or `corrupt`.
+/// One script call. The counter stays, unless `fencing` is disabled and
+/// the lock is left without entries. Replies: 1 released, 0 not held, or
+/// `corrupt`.
 pub(super) async fn release(
     store: &RedisStore,
     key: &str,
     lease_id: LeaseId,
     fencing: Fencing,
 ) -> Result<ReleaseOutcome, StoreError> {
+    store.inner.waiters.forget(lease_id);
     let keys = store.redis_keys(key);
     let mut invocation = RELEASE.prepare_invoke();
     invocation
         .key(&keys.lock)
-        .key(&keys.fence)
         .arg(lease_id.to_string())
-        .arg(fencing_arg(fencing))
-        .arg(&keys.channel)
-        .arg(store.inner.conn.publish_command());
+        .arg(format!(
+            "{}{}",
+            if fencing.is_enabled() { "1" } else { "0" },
+            store.inner.conn.publish_flag()
+        ));
     let reply = store
         .inner
         .conn
         .eval(&invocation)
         .await
         .map_err(|error| map_redis_error("release", Some(key), error))?;
-    let (status, items) = reply_items("release", key, reply)?;
-    match status.as_slice() {
-        b"released" => Ok(ReleaseOutcome::Released),
-        b"notheld" => Ok(ReleaseOutcome::NotHeld),
-        b"corrupt" => Err(corrupt_reply("release", key, &keys, &items)),
-        _ => Err(unexpected_reply("release", key, "unknown status")),
+    match reply {
+        Value::Int(1) => Ok(ReleaseOutcome::Released),
+        Value::Int(0) => Ok(ReleaseOutcome::NotHeld),
+        reply => {
+            let (status, items) = reply_items("release", key, reply)?;
+            match status.as_slice() {
+                b"corrupt" => Err(corrupt_reply("release", key, &keys, &items)),
+                _ => Err(unexpected_reply("release", key, "unknown status")),
+            }
+        }
     }
 }

@@ -1,26 +1,33 @@
-//! wait_for_change: a subscription to the key's release channel (shared
-//! through [`Waiters`](crate::waiters::Waiters)), a re-check of the key,
-//! then a wait for a message, the key's expiry or the deadline.
+//! wait_for_grant: a subscription to the lock's channel (shared through
+//! [`Waiters`](crate::waiters::Waiters)), a look at the store when a grant
+//! may have been published before the subscription, then a wait for the
+//! grant message, a lost connection or the deadline.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use redis::Value;
+use lock_core::{LeaseId, WaitOutcome};
 use tokio::time::Instant;
 
+use super::renew::{Standing, look};
 use crate::builder::DEFAULT_RESPONSE_TIMEOUT;
 use crate::store::{Inner, RedisStore};
-use crate::waiters::LINGER;
+use crate::waiters::{Heard, LINGER};
 
-/// Subscribes to the key's channel on the store's connection (once per
-/// channel for all the store's waiters), then re-checks the key's `PTTL`,
-/// then waits for a message, the key's expiry or `max`, whichever comes
-/// first. A failed subscription sleeps out `max` (the locker re-polls in
-/// any case).
-pub(super) async fn wait_for_change(store: &RedisStore, key: &str, max: Duration) {
+/// Subscribes to the lock's channel on the store's connection (once per
+/// channel for all the store's waiters); when the subscription is younger
+/// than the entry, looks at the store once (the grant may have been
+/// published before); then waits for the grant message, a lost connection
+/// (`Changed`) or `max`. A failed subscription waits out `max` (the locker
+/// renews the entry in any case).
+pub(super) async fn wait_for_grant(
+    store: &RedisStore,
+    key: &str,
+    lease_id: LeaseId,
+    max: Duration,
+) -> WaitOutcome {
     let give_up = Instant::now() + max;
-    let keys = store.redis_keys(key);
-    let channel = keys.channel.into_bytes();
+    let channel = store.redis_keys(key).channel.into_bytes();
     let inner = &store.inner;
     let waiters = &inner.waiters;
     let entered = waiters.enter(&channel);
@@ -28,53 +35,62 @@ pub(super) async fn wait_for_change(store: &RedisStore, key: &str, max: Duration
         inner: Arc::downgrade(inner),
         channel: &channel,
     };
-    let notified = entered.notify.notified();
-    tokio::pin!(notified);
-    // Listen before subscribing and re-checking, so a release in between is
-    // not missed.
-    notified.as_mut().enable();
-    if !entered.subscribed {
-        let subscribed = tokio::time::timeout_at(give_up, async {
-            let _ops = waiters.ops.lock().await;
-            if waiters.is_subscribed(&channel) {
-                return Ok(());
-            }
-            inner.conn.subscribe(&channel).await?;
-            waiters.mark_subscribed(&channel);
-            Ok::<(), redis::RedisError>(())
-        })
-        .await;
-        match subscribed {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                tracing::debug!(key, %error, "subscribing failed; waiting without notifications");
-                tokio::time::sleep_until(give_up).await;
-                return;
-            }
-            Err(_) => return,
+    let subscribed = tokio::time::timeout_at(give_up, async {
+        let _ops = waiters.ops.lock().await;
+        if let Some(since) = waiters.subscribed_since(&channel) {
+            return Ok(since);
         }
-    }
-    // Subscribed: now see whether the key is still held, and for how long
-    // (expiry is not notified).
-    let mut wake_at = give_up;
-    match tokio::time::timeout_at(
-        give_up,
-        inner.conn.query(redis::cmd("PTTL").arg(&keys.lock)),
-    )
-    .await
-    {
-        Ok(Ok(Value::Int(-2))) => return,
-        Ok(Ok(Value::Int(ms))) if ms >= 0 => {
-            let ms = u64::try_from(ms).unwrap_or(0);
-            wake_at = wake_at.min(Instant::now() + Duration::from_millis(ms));
-        }
-        Ok(Ok(_)) => {}
+        inner.conn.subscribe(&channel).await?;
+        let since = Instant::now();
+        waiters.mark_subscribed(&channel, since);
+        Ok::<Instant, redis::RedisError>(since)
+    })
+    .await;
+    let subscribed = match subscribed {
+        Ok(Ok(since)) => since,
         Ok(Err(error)) => {
-            tracing::debug!(key, %error, "re-checking the key failed; waiting for a notification");
+            tracing::debug!(key, %error, "subscribing failed; waiting without notifications");
+            tokio::time::sleep_until(give_up).await;
+            return WaitOutcome::TimedOut;
         }
-        Err(_) => return,
+        Err(_) => return WaitOutcome::TimedOut,
+    };
+    let mut looked = false;
+    loop {
+        let notified = entered.notify.notified();
+        tokio::pin!(notified);
+        // Listen before reading what was heard, so nothing slips between.
+        notified.as_mut().enable();
+        match waiters.heard(lease_id, entered.epoch, subscribed) {
+            Heard::Granted(token) => return WaitOutcome::Granted { token },
+            Heard::Changed => return WaitOutcome::Changed,
+            Heard::Uncovered if !looked => {
+                looked = true;
+                match tokio::time::timeout_at(give_up, look(store, key, lease_id)).await {
+                    Ok(Ok(Standing::Holds(token))) => {
+                        waiters.forget(lease_id);
+                        return WaitOutcome::Granted { token };
+                    }
+                    Ok(Ok(Standing::Waits)) => waiters.covered(lease_id, subscribed),
+                    Ok(Ok(Standing::Gone)) => return WaitOutcome::Changed,
+                    Ok(Err(error)) => {
+                        tracing::debug!(key, %error, "looking at a waiting entry failed");
+                        return WaitOutcome::Changed;
+                    }
+                    Err(_) => return WaitOutcome::TimedOut,
+                }
+                continue;
+            }
+            Heard::Covered | Heard::Uncovered => {}
+        }
+        if tokio::time::timeout_at(give_up, notified).await.is_err() {
+            return match waiters.heard(lease_id, entered.epoch, subscribed) {
+                Heard::Granted(token) => WaitOutcome::Granted { token },
+                Heard::Changed => WaitOutcome::Changed,
+                Heard::Covered | Heard::Uncovered => WaitOutcome::TimedOut,
+            };
+        }
     }
-    let _ = tokio::time::timeout_at(wake_at, notified).await;
 }
 
 /// Unregisters a waiter when its wait ends (or is cancelled), and schedules
