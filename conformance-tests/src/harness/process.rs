@@ -131,7 +131,7 @@ impl ServerProcess {
             )
         })?;
         debug!(server, pid = child.id(), program = %self.program.display(), "server process started");
-        self.watchdog = spawn_watchdog(server, child.id());
+        self.watchdog = spawn_watchdog(server, child.id(), scratch_dir(&self.working_dir));
         self.child = Some(child);
         Ok(())
     }
@@ -244,15 +244,18 @@ impl Drop for ServerProcess {
 /// A shell that kills the server when this process exits, however it
 /// exits: it waits to read from a pipe only this process holds open, and
 /// the pipe closes with the process. Servers kept in statics (which are
-/// never dropped) and servers of a killed test run die with it.
-fn spawn_watchdog(server: &'static str, pid: u32) -> Option<Child> {
+/// never dropped) and servers of a killed test run die with it, and their
+/// scratch directory (`dir`) goes too: an etcd data directory alone is
+/// hundreds of megabytes.
+fn spawn_watchdog(server: &'static str, pid: u32, dir: Option<&Path>) -> Option<Child> {
     let spawned = Command::new("sh")
         .args([
             "-c",
-            "read _ignored; kill -KILL \"$1\" 2>/dev/null",
+            "read _ignored; kill -KILL \"$1\" 2>/dev/null; if [ -n \"$2\" ]; then sleep 1; rm -rf -- \"$2\"; fi",
             "dlock-watchdog",
         ])
         .arg(pid.to_string())
+        .arg(dir.map(Path::as_os_str).unwrap_or_default())
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -265,6 +268,17 @@ fn spawn_watchdog(server: &'static str, pid: u32) -> Option<Child> {
             None
         }
     }
+}
+
+/// `dir` when it is a scratch directory the harness made (`dlock-*` in the
+/// temporary directory), which the watchdog may remove.
+fn scratch_dir(dir: &Path) -> Option<&Path> {
+    let made_here = dir.parent() == Some(std::env::temp_dir().as_path())
+        && dir
+            .file_name()
+            .and_then(|name| name.to_str())
+            .is_some_and(|name| name.starts_with("dlock-"));
+    made_here.then_some(dir)
 }
 
 fn pid_of(child: &Child) -> Option<Pid> {
