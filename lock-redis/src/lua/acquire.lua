@@ -73,7 +73,9 @@ return guarded(function()
     end
   end
   local live = #holders > 0 or st.w
-  if live and st.limit ~= limit then
+  -- Shared entries agree on the limit (0: none set since the key was
+  -- idle); exclusive ones hold alone whatever it is.
+  if shared and live and st.limit ~= 0 and st.limit ~= limit then
     save(st, true, publish)
     return {'limit', st.limit}
   end
@@ -85,7 +87,10 @@ return guarded(function()
   end
   if holds then
     local seq = next_seq(st.counter, now_us)
-    st.counter, st.limit, st.dirty = seq, limit, true
+    st.counter, st.dirty = seq, true
+    if shared then
+      st.limit = limit
+    end
     holders[#holders + 1] = {id = id, m = m, q = seq, i = now_us, t = ttl, o = owner,
       e = now + ttl * 1000}
     local prev = st.prev or ''
@@ -128,7 +133,7 @@ return guarded(function()
     redis.call('HDEL', K[3], id)
     corrupt(2, 'holds a ' .. type_of(K[2]) .. ', not a sorted set')
   end
-  if not live then
+  if shared and (st.limit == 0 or not live) then
     st.limit = limit
   end
   st.counter, st.w, st.dirty = seq, true, true

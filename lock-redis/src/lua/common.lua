@@ -252,8 +252,10 @@ local function settle(st, now)
     if n > 0 and (n >= st.limit or not is_shared(kept[1].m)) then
       break
     end
-    -- As many as could still hold (a few more only when some are gone).
-    local want = math.min(8, st.limit - n)
+    -- As many as could still hold (a few more only when some are gone);
+    -- at least the head, which may be exclusive (the limit is 0 while no
+    -- shared entry set it).
+    local want = math.min(8, math.max(st.limit - n, 1))
     local ids, values = queued(offset, want)
     local blocked = false
     for i, id in ipairs(ids) do
