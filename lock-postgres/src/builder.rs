@@ -7,6 +7,7 @@ use std::time::Duration;
 use lock_core::{StoreError, StoreErrorKind};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
+use crate::busy::BusyKeys;
 use crate::error::map_error;
 use crate::listen::Listener;
 use crate::store::{Inner, PostgresStore, Statements};
@@ -143,6 +144,7 @@ impl PostgresStoreBuilder {
                 table: self.table,
                 channel,
                 listener: Arc::new(Listener::new()),
+                busy: BusyKeys::default(),
             }),
         };
         if self.migrate {

@@ -46,6 +46,11 @@
 //! - **inspect**: `inspect.sql`; `position.sql` for a waiter that has just
 //!   subscribed (see below).
 //!
+//! A store that found a key contended (an acquisition queued or was
+//! refused, a release was not alone) goes straight to the full statements
+//! for that key during the next second: the small ones would only find
+//! other entries there, a round trip lost.
+//!
 //! Every statement that changes a key's queue takes the key row's lock
 //! first and checks its decision against the row's latest version (the
 //! counter, the counts and the version tell it what committed since its
@@ -141,6 +146,7 @@
 #![forbid(unsafe_code)]
 
 mod builder;
+mod busy;
 mod error;
 mod listen;
 mod schema;

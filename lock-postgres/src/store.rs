@@ -14,6 +14,7 @@ use lock_core::{
 use sqlx::postgres::PgPool;
 
 use crate::builder::{PostgresStoreBuilder, TableNames};
+use crate::busy::BusyKeys;
 use crate::error::map_error;
 use crate::listen::Listener;
 
@@ -38,6 +39,8 @@ pub(crate) struct Inner {
     pub(crate) channel: String,
     pub(crate) sql: Statements,
     pub(crate) listener: Arc<Listener>,
+    /// Keys found contended a moment ago.
+    pub(crate) busy: BusyKeys,
 }
 
 /// The statements, with the quoted table names filled in.
@@ -343,15 +346,23 @@ impl LeaseStore for PostgresStore {
         } else {
             None
         };
-        if let Some(grant) = self.grant_free(&request).await? {
+        let busy = &self.inner.busy;
+        if !busy.is_busy(request.key)
+            && let Some(grant) = self.grant_free(&request).await?
+        {
             return Ok(AcquireOutcome::Acquired(grant));
         }
         for _ in 0..ATTEMPTS {
             if let Some(outcome) = self.try_acquire(&request).await? {
-                if matches!(outcome, AcquireOutcome::Queued(_)) {
-                    self.inner
-                        .listener
-                        .queued(request.key, request.lease_id, covered);
+                match outcome {
+                    AcquireOutcome::Queued(_) => {
+                        busy.mark(request.key);
+                        self.inner
+                            .listener
+                            .queued(request.key, request.lease_id, covered);
+                    }
+                    AcquireOutcome::Held(_) => busy.mark(request.key),
+                    _ => {}
                 }
                 return Ok(outcome);
             }
@@ -420,7 +431,7 @@ impl LeaseStore for PostgresStore {
         fencing: Fencing,
     ) -> Result<ReleaseOutcome, StoreError> {
         self.inner.listener.forget(lease_id);
-        if fencing.is_enabled() {
+        if fencing.is_enabled() && !self.inner.busy.is_busy(key) {
             let (found, removed): (bool, bool) = sqlx::query_as(&self.inner.sql.release_alone)
                 .bind(key)
                 .bind(&lease_id.to_bytes()[..])
@@ -432,7 +443,7 @@ impl LeaseStore for PostgresStore {
                 (true, true) => return Ok(ReleaseOutcome::Released),
                 // Not alone in the key: the statement that tells the
                 // entries it promotes.
-                (true, false) => {}
+                (true, false) => self.inner.busy.mark(key),
             }
         }
         if let Some(outcome) = self.try_release(key, lease_id, fencing, None).await? {
