@@ -3,35 +3,22 @@
 -- the key row stays, with its counter).
 --
 -- One row: found (the snapshot saw the entry live) and removed. Found but
--- not removed: the key has other entries, or changed since the snapshot
--- (its counter or version moved, read on its latest version under its
--- lock); nothing changed, and release.sql, which also tells the entries it
--- promotes, decides.
-WITH head AS MATERIALIZED (
-    SELECT token, version FROM {table} WHERE key = $1
-),
-seen AS MATERIALIZED (
-    SELECT e.seq, e.lease_id, e.expires_at > clock_timestamp() AS live
-    FROM {entries} AS e
-    WHERE e.key = $1
-    ORDER BY e.seq
+-- not removed: the key row, on its latest version and under its lock,
+-- counts other entries (added since the snapshot, too); nothing changed,
+-- and release.sql, which also tells the entries it promotes, decides.
+WITH mine AS MATERIALIZED (
+    SELECT e.seq FROM {entries} AS e
+    WHERE e.key = $1 AND e.lease_id = $2 AND e.expires_at > clock_timestamp()
 ),
 kept AS (
     UPDATE {table} AS h
     SET version = h.version + 1, entry_count = 0, exclusive_count = 0
-    WHERE h.key = $1
-      AND h.token = (SELECT token FROM head)
-      AND h.version = (SELECT version FROM head)
-      AND (SELECT count(*) FROM seen) = 1
-      AND EXISTS (SELECT 1 FROM seen WHERE live AND lease_id = $2)
+    WHERE h.key = $1 AND h.entry_count = 1 AND EXISTS (SELECT 1 FROM mine)
     RETURNING h.key
 ),
 removed AS (
     DELETE FROM {entries} AS e
-    WHERE e.key = $1
-      AND e.seq = (SELECT seq FROM seen)
-      AND EXISTS (SELECT 1 FROM kept)
+    WHERE e.key = $1 AND e.seq = (SELECT seq FROM mine) AND EXISTS (SELECT 1 FROM kept)
     RETURNING e.seq
 )
-SELECT EXISTS (SELECT 1 FROM seen WHERE live AND lease_id = $2) AS found,
-       EXISTS (SELECT 1 FROM removed) AS removed
+SELECT EXISTS (SELECT 1 FROM mine) AS found, EXISTS (SELECT 1 FROM removed) AS removed
