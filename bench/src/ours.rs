@@ -105,10 +105,7 @@ pub(crate) async fn renewal<S: LeaseStore + Clone>(store: S, n: usize) -> Renewa
         async move {
             let batch: Vec<RenewEntry<'_>> = chunk
                 .iter()
-                .map(|(key, lease_id)| RenewEntry {
-                    key,
-                    lease_id: *lease_id,
-                })
+                .map(|(key, lease_id)| RenewEntry::held(key, *lease_id))
                 .collect();
             store
                 .renew(&batch, Duration::from_secs(30))

@@ -438,6 +438,17 @@ mod tests {
         kind: crate::KeyKind::Mutex,
     }];
 
+    const KEYS_AB: [RunKey; 2] = [
+        RunKey {
+            id: "a",
+            kind: crate::KeyKind::Mutex,
+        },
+        RunKey {
+            id: "b",
+            kind: crate::KeyKind::Mutex,
+        },
+    ];
+
     fn shared(client: &str, lease: &str, token: u64, at: u64, deadline: u64) -> Value {
         json!({"kind": "granted", "k": "a", "w": client, "lease": lease, "token": token,
                "called": 0, "at": at, "deadline": deadline, "mode": "s", "limit": 2})
@@ -584,7 +595,7 @@ mod tests {
             &decisions,
             &[],
             &phases(200 * MS),
-            &["a", "b"],
+            &KEYS_AB,
         ));
         assert!(
             found.iter().any(|v| v.contains("long after its deadline")),
@@ -642,7 +653,7 @@ mod tests {
             holder_killed_at: Some(10_000 * MS),
             outlive_bound: 3000 * MS,
         };
-        let report = check(&events, &[], &[], &phases, &["a", "b"]);
+        let report = check(&events, &[], &[], &phases, &KEYS_AB);
         assert_eq!(report.outlived, vec![("a".to_owned(), 2000 * MS)]);
         let found = &texts(report);
         assert!(

@@ -267,7 +267,7 @@ async fn run(args: RunArgs) -> u8 {
 }
 
 async fn run_inner(args: RunArgs) -> Result<u8, u8> {
-    let owner = args.owner.unwrap_or_else(default_owner);
+    let owner = args.owner.clone().unwrap_or_else(default_owner);
     let mut builder = LockerOptions::builder()
         .owner(&owner)
         .prefix(&args.backend.prefix)

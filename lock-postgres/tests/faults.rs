@@ -288,7 +288,7 @@ async fn hostile_table_names_are_refused_before_any_sql() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn garbage_in_a_lock_row_is_a_clear_error() {
+async fn garbage_in_a_key_row_is_a_clear_error() {
     let Some(server) = or_skip(shared_postgres().await) else {
         return;
     };
@@ -297,7 +297,7 @@ async fn garbage_in_a_lock_row_is_a_clear_error() {
     let id = unique_key("garbage");
     let _guard = locker.try_lock(&id).await.unwrap();
 
-    sqlx::query("UPDATE dlock_leases SET owner = NULL WHERE key = $1")
+    sqlx::query("UPDATE dlock_leases SET holder_limit = 0 WHERE key = $1")
         .bind(&id)
         .execute(store.pool())
         .await
@@ -307,11 +307,14 @@ async fn garbage_in_a_lock_row_is_a_clear_error() {
     assert_eq!(error.key(), Some(id.as_str()));
     let other = LeaseLocker::new(store.clone(), options("bob")).unwrap();
     match other.try_lock(&id).await {
-        Err(LockError::Store(error)) => assert_eq!(error.kind(), StoreErrorKind::Corrupt),
+        Err(LockError::Store(error)) => {
+            assert_eq!(error.kind(), StoreErrorKind::Corrupt);
+            assert!(error.to_string().contains("limit"), "{error}");
+        }
         other => panic!("expected a Corrupt store error, got {other:?}"),
     }
 
-    sqlx::query("UPDATE dlock_leases SET owner = 'x', token = -7 WHERE key = $1")
+    sqlx::query("UPDATE dlock_leases SET holder_limit = 1, token = -7 WHERE key = $1")
         .bind(&id)
         .execute(store.pool())
         .await
@@ -319,6 +322,30 @@ async fn garbage_in_a_lock_row_is_a_clear_error() {
     let error = store.inspect(&id).await.unwrap_err();
     assert_eq!(error.kind(), StoreErrorKind::Corrupt);
     assert!(error.to_string().contains("-7"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_deleted_by_hand_leave_the_key_usable() {
+    let Some(server) = or_skip(shared_postgres().await) else {
+        return;
+    };
+    let store = client(server.url()).await;
+    let alice = LeaseLocker::new(store.clone(), options("alice")).unwrap();
+    let bob = LeaseLocker::new(store.clone(), options("bob")).unwrap();
+    let id = unique_key("deleted_by_hand");
+    let guard = alice.try_lock(&id).await.unwrap();
+
+    // The key row still counts the entry an operator deleted.
+    sqlx::query("DELETE FROM dlock_leases_entries WHERE key = $1")
+        .bind(&id)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let taken = bob.try_lock(&id).await.expect("the key is free");
+    assert!(taken.fencing_token() > guard.fencing_token());
+    taken.unlock().await.unwrap();
+    let again = bob.try_lock(&id).await.expect("and free again");
+    again.unlock().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
