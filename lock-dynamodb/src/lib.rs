@@ -1,0 +1,194 @@
+//! dlock's DynamoDB store: leased, fenced locks on one DynamoDB table,
+//! through the official AWS SDK, with expiry by the clients' wall clocks.
+//!
+//! [`DynamoStore`] implements [`lock_core::LeaseStore`] with the queue
+//! contract (a key is a first-come, first-served queue of entries: mutex,
+//! semaphore of N permits, reader-writer lock), and passes the whole
+//! conformance suite. Use it through [`lock_core::LeaseLocker`] (or the
+//! `dlock` facade's `dynamodb://` URLs).
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use lock_core::{LeaseLocker, Locker, LockerOptions};
+//! use lock_dynamodb::DynamoStore;
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = DynamoStore::connect("dynamodb://locks?region=eu-west-1").await?;
+//! let options = LockerOptions::builder()
+//!     .lease(Duration::from_secs(60))
+//!     .max_clock_skew(Duration::from_secs(10))
+//!     .build()?;
+//! let locker = LeaseLocker::new(store, options)?;
+//! let guard = locker.lock("nightly-report", Duration::from_secs(30)).await?;
+//! let token = guard.fencing_token().cloned();
+//! // ... write to the resource, passing `token` so it can refuse stale writers ...
+//! guard.unlock().await?;
+//! # let _ = token;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Time: the clients' clocks, within `max_clock_skew`
+//!
+//! DynamoDB cannot read its own clock inside a conditional write, so this
+//! store cannot follow the rest of dlock ("expiry by the store's clock").
+//! It keeps the rule of the library dlock descends from, and says so in its
+//! capabilities ([`ExpiryClock::Client`](lock_core::ExpiryClock::Client)):
+//!
+//! - a grant (and each renewal) records `expires_at` by the **writing
+//!   client's** wall clock, along with the clock skew that client allows;
+//! - another client counts an entry as expired only once **its own** wall
+//!   clock is past `expires_at + max_clock_skew` (the larger of the entry's
+//!   skew and its own): only then does it take the key over or let the
+//!   entries behind it hold;
+//! - the holder itself stops earlier: its renewal and release are
+//!   conditional on `expires_at` being ahead of its own clock, and the
+//!   locker keeps its local deadline on the monotonic clock as with every
+//!   store.
+//!
+//! `max_clock_skew` comes from
+//! [`LockerOptions::max_clock_skew`](lock_core::LockerOptions::max_clock_skew)
+//! (default 10 s), or from [`DynamoConfig::max_clock_skew`] /
+//! `max_clock_skew=` in the URL, which overrides it for every request of
+//! the store. A dead holder's key is taken over `max_clock_skew` after its
+//! lease ends.
+//!
+//! **The assumption**: every client's wall clock is within `max_clock_skew`
+//! of every other's. Keep clocks synchronized (NTP, chrony, Amazon Time Sync
+//! Service on EC2) with a bound well inside the skew. **When it does not
+//! hold**: a client whose clock runs ahead by more than the skew counts a
+//! live lease as expired and takes the key over while its holder still
+//! acts (a client running behind is only slow to take over). Mutual
+//! exclusion is then gone; fencing still protects a fenced resource,
+//! because the new grant carries a larger token and the resource refuses
+//! the old holder's writes (see [`lock_core::FencingToken`]). A wall clock
+//! stepped forward on a holder's host makes that holder give up early
+//! (it counts its own entry expired): safe, but the lock is lost.
+//!
+//! # Key schema
+//!
+//! One table, partition key `lock_key` (S), no sort key. Everything about a
+//! lock key is **one item**:
+//!
+//! | attribute | type | meaning |
+//! | --- | --- | --- |
+//! | `lock_key` | S | the lock key (partition key), byte for byte |
+//! | `fence` | N | the last sequence number handed out: the fencing counter |
+//! | `entries` | N | how many entries the item stores |
+//! | `permits` | N | the limit the live entries agreed on (1: mutex) |
+//! | `format` | N | the item format, `1` |
+//! | `e:<lease id>` | M | an entry: `owner` (S), `mode` (S, `x`/`s`), `exp` (N, ms since the epoch by the writer's clock), `ttl` (N, ms), `skew` (N, ms), `held` (BOOL, once told it holds) |
+//! | `s:<lease id>` | N | that entry's sequence number (= its fencing token) |
+//! | `idle_expiry` | N | epoch seconds, only with [idle expiry](DynamoConfig::idle_expiry) |
+//!
+//! Entries are ordered by sequence number; who holds is decided by
+//! position, by each reader's clock: walk the live entries in order; an
+//! entry holds when every one before it holds and it is compatible
+//! (exclusive: first; shared: every entry before it shared and fewer than
+//! `permits`). The sequence number is the fencing token, and `fence`
+//! stays when the key is released, so tokens keep increasing across
+//! release, expiry and takeover.
+//!
+//! **Why one item** rather than an item per entry: every decision (is the
+//! key free, where does a new entry go, does the limit match, which token
+//! comes next) is then one conditional write on one item, atomic without
+//! `TransactWriteItems` (which costs twice the write units and fails on
+//! any concurrent transaction on the same items), and a waiting entry
+//! learns its position from the item its own renewal returns. The cost: an
+//! item is at most 400 KB, which bounds one key's queue to about a
+//! thousand entries with 256-byte owner names (several thousand with short
+//! ones); a longer queue is refused with a retryable error. Each write
+//! consumes write units for the whole item (1 WCU per KB), so long queues
+//! cost more per operation.
+//!
+//! # Operations and their cost
+//!
+//! | operation | requests | notes |
+//! | --- | --- | --- |
+//! | acquire, key free | 1 `UpdateItem` | condition `entries = 0` (or no item); bumps `fence`, adds the entry, returns the token |
+//! | acquire, key held, no queue | 1 `UpdateItem` (refused) | the refused condition returns the item (`ReturnValuesOnConditionCheckFailure`), which answers `Held` |
+//! | acquire, takeover or queueing | 2 `UpdateItem` | the refused fast path, then a write conditional on `fence` and `entries` unchanged, which also removes expired entries; repeated (at most 16 times) while other clients change the item |
+//! | renew a held entry | 1 `UpdateItem` per entry | condition: its `exp` ahead of the renewer's clock and `held` |
+//! | renew a waiting entry | 1 `UpdateItem` per entry, 2 when it holds by now | the first returns the item, whose positions say whether it holds |
+//! | release | 1 `UpdateItem` | condition: its `exp` ahead of the releaser's clock; with fencing off, a `DeleteItem` removes the item when the entry was its last |
+//! | inspect | 1 strongly consistent `GetItem` | |
+//!
+//! **Renewal batches**: DynamoDB has no conditional write per item in a
+//! batch (`BatchWriteItem` takes no conditions, `TransactWriteItems` is all
+//! or nothing), so a renewal batch sends its entries' `UpdateItem`s
+//! concurrently, at most [`DynamoConfig::renew_concurrency`] (default 64)
+//! in flight per store. A heartbeat over N locks costs N requests and
+//! about `N / 64` round trips of wall time; keep that well inside the
+//! locker's `store_timeout`, or raise the concurrency.
+//!
+//! **No notifications**: DynamoDB Streams are not a per-waiter signal, so
+//! [`Capabilities::native_wait`](lock_core::Capabilities::native_wait) is
+//! false: waiters learn of a grant by renewing their waiting entry (the
+//! locker does it, at the heartbeat and when an entry ahead may expire).
+//!
+//! # Idle expiry
+//!
+//! With [`DynamoConfig::idle_expiry`] (`idle_expiry=` in the URL), every
+//! write sets `idle_expiry` to the writer's clock plus that duration, and
+//! `create_table=true` turns DynamoDB's TTL on for that attribute, so items
+//! of keys nobody used for that long disappear. Deleting an item forgets its
+//! fencing counter, and tokens could then go backwards; so a store with idle
+//! expiry reports no fencing in its capabilities and refuses fenced
+//! requests: use it with fencing off
+//! ([`LockerOptions`](lock_core::LockerOptions) `fencing(false)`). With
+//! fencing on, items are kept (with fencing off and no idle expiry, a
+//! release that leaves a key empty deletes its item).
+//!
+//! # URL
+//!
+//! ```text
+//! dynamodb://[ACCESS_KEY_ID:SECRET_ACCESS_KEY@]TABLE[?region=R][&endpoint=URL][&create_table=true]
+//!           [&max_clock_skew=10s][&idle_expiry=24h][&renew_concurrency=64][&session_token=T]
+//! ```
+//!
+//! See [`DynamoConfig::from_url`]. Without a key in the URL, credentials
+//! come from the standard AWS chain (environment, shared files, web
+//! identity, ECS and EC2 metadata), and so does the region. Secrets never
+//! appear in `Debug` output, errors or logs: URLs are shown through
+//! [`lock_core::url::ConnectionUrl::redacted`].
+//!
+//! IAM permissions: `dynamodb:GetItem`, `UpdateItem` and `DeleteItem` on
+//! the table; `DescribeTable` (checked at connect when allowed);
+//! `CreateTable` and `UpdateTimeToLive` with `create_table=true`.
+//!
+//! # Errors
+//!
+//! SDK errors map to [`lock_core::StoreError`] in one function: throttling,
+//! 5xx and transport failures are retryable; refused credentials and
+//! permissions are `Auth`; a missing table is `Invalid`, naming the fix.
+//! A refused condition is an outcome (`Held`, `Lost`, `NotHeld`), never an
+//! error. The store sends each request once (the SDK's retries are off):
+//! the locker owns retries.
+//!
+//! # Cargo features and TLS
+//!
+//! None. The SDK is used without its default features: HTTPS is hyper 1
+//! with rustls and the *ring* provider (no aws-lc, no OpenSSL), and
+//! credentials come from the standard chain without SSO or
+//! `credential_process` support; an application that needs those loads
+//! its own [`aws_config::SdkConfig`] and passes it with
+//! [`DynamoConfig::sdk_config`].
+#![forbid(unsafe_code)]
+
+mod clock;
+mod config;
+mod error;
+mod item;
+mod store;
+mod table;
+
+pub use clock::{OffsetClock, SystemClock, WallClock};
+pub use config::{DEFAULT_RENEW_CONCURRENCY, DynamoConfig};
+pub use store::DynamoStore;
+
+/// The AWS SDK crates the store is built on, for callers that pass their
+/// own configuration or use [`DynamoStore::client`].
+pub use aws_config;
+pub use aws_sdk_dynamodb;
