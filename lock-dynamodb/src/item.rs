@@ -9,11 +9,14 @@
 //! | `lock_key` | S | the lock key (partition key) |
 //! | `fence` | N | the last sequence number handed out; the fencing counter |
 //! | `entries` | N | how many entries the item stores (live or expired) |
-//! | `permits` | N | the limit the live entries agreed on |
-//! | `format` | N | the item format, `1` |
+//! | `format` | N | absent in this format; a later format sets it, and this version refuses such items |
 //! | `idle_expiry` | N | epoch seconds; DynamoDB TTL (only with idle expiry on) |
-//! | `e:<lease id>` | M | one entry (see [`Entry`]) |
-//! | `s:<lease id>` | N | that entry's sequence number |
+//! | `e:<lease id>` | S | an entry's settings (see [`EntryInfo`]) |
+//! | `s:<lease id>` | N | its sequence number |
+//! | `x:<lease id>` | N | its expiry, ms since the epoch by its last writer's clock |
+//!
+//! An entry is three scalar attributes rather than one map: a renewal
+//! updates `x:` alone, and items stay small and cheap to read.
 
 use std::collections::HashMap;
 
@@ -26,35 +29,21 @@ pub(crate) const KEY: &str = "lock_key";
 pub(crate) const FENCE: &str = "fence";
 /// How many entries the item stores.
 pub(crate) const COUNT: &str = "entries";
-/// The limit the live entries agreed on.
-pub(crate) const LIMIT: &str = "permits";
-/// The item format.
+/// The item format: absent in this format (1), which saves every write
+/// an action; a later format sets it, so that this version refuses it.
 pub(crate) const FORMAT: &str = "format";
 /// The DynamoDB TTL attribute, in epoch seconds.
 pub(crate) const IDLE_EXPIRY: &str = "idle_expiry";
 /// The format this version writes and reads.
 pub(crate) const FORMAT_VERSION: u64 = 1;
+/// How many entries one view counts as expired (see [`KeyState::view`]).
+pub(crate) const MAX_EXPIRED: usize = 64;
 
 const ENTRY_PREFIX: &str = "e:";
 const SEQ_PREFIX: &str = "s:";
+const EXPIRY_PREFIX: &str = "x:";
 
-/// Fields of an entry's map.
-pub(crate) mod field {
-    /// Owner name (S).
-    pub(crate) const OWNER: &str = "owner";
-    /// Mode (S): `x` exclusive, `s` shared.
-    pub(crate) const MODE: &str = "mode";
-    /// Expiry, milliseconds since the epoch by the writing client's clock (N).
-    pub(crate) const EXPIRES: &str = "exp";
-    /// The ttl of the last write, milliseconds (N).
-    pub(crate) const TTL: &str = "ttl";
-    /// The clock skew the entry's owner allows, milliseconds (N).
-    pub(crate) const SKEW: &str = "skew";
-    /// Present (BOOL true) once the owner was told the entry holds.
-    pub(crate) const TOLD: &str = "held";
-}
-
-/// The name of the attribute holding the entry of `lease_id`.
+/// The name of the attribute holding the settings of `lease_id`'s entry.
 pub(crate) fn entry_attribute(lease_id: LeaseId) -> String {
     format!("{ENTRY_PREFIX}{lease_id}")
 }
@@ -64,40 +53,73 @@ pub(crate) fn seq_attribute(lease_id: LeaseId) -> String {
     format!("{SEQ_PREFIX}{lease_id}")
 }
 
+/// The name of the attribute holding the expiry of `lease_id`.
+pub(crate) fn expiry_attribute(lease_id: LeaseId) -> String {
+    format!("{EXPIRY_PREFIX}{lease_id}")
+}
+
 /// A number attribute value.
 pub(crate) fn number(value: impl std::fmt::Display) -> AttributeValue {
     AttributeValue::N(value.to_string())
 }
 
-/// The map value of a new entry.
-pub(crate) fn entry_value(
-    owner: &str,
-    mode: LockMode,
-    expires_at: u64,
-    ttl_ms: u64,
-    skew_ms: u64,
-    told: bool,
-) -> AttributeValue {
-    let mut fields = HashMap::from([
-        (field::OWNER.to_owned(), AttributeValue::S(owner.to_owned())),
-        (
-            field::MODE.to_owned(),
-            AttributeValue::S(mode_code(mode).to_owned()),
-        ),
-        (field::EXPIRES.to_owned(), number(expires_at)),
-        (field::TTL.to_owned(), number(ttl_ms)),
-        (field::SKEW.to_owned(), number(skew_ms)),
-    ]);
-    if told {
-        fields.insert(field::TOLD.to_owned(), AttributeValue::Bool(true));
-    }
-    AttributeValue::M(fields)
+/// What an entry's `e:` attribute says, written as one string:
+/// `{H|W}{x|s} LIMIT TTL_MS SKEW_MS OWNER`, e.g. `Hx 1 60000 10000 web-1`.
+/// `H` once its owner was told it holds (so a renewal as held can check
+/// it with `begins_with`), `W` before; `x` exclusive, `s` shared; the ttl
+/// of its grant (or its applied waiter ttl); the clock skew its owner
+/// allows; the owner name last, as it may contain spaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EntryInfo {
+    pub(crate) told: bool,
+    pub(crate) mode: LockMode,
+    pub(crate) limit: u32,
+    pub(crate) ttl_ms: u64,
+    pub(crate) skew_ms: u64,
+    pub(crate) owner: String,
 }
 
-fn mode_code(mode: LockMode) -> &'static str {
-    match mode {
-        LockMode::Exclusive => "x",
-        LockMode::Shared => "s",
+/// The prefix of a told entry's `e:` attribute.
+pub(crate) const TOLD_PREFIX: &str = "H";
+
+impl EntryInfo {
+    /// The attribute value.
+    pub(crate) fn value(&self) -> AttributeValue {
+        AttributeValue::S(format!(
+            "{}{} {} {} {} {}",
+            if self.told { TOLD_PREFIX } else { "W" },
+            match self.mode {
+                LockMode::Exclusive => "x",
+                LockMode::Shared => "s",
+            },
+            self.limit,
+            self.ttl_ms,
+            self.skew_ms,
+            self.owner
+        ))
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        let mut parts = text.splitn(5, ' ');
+        let flags = parts.next()?.as_bytes();
+        let told = match flags.first()? {
+            b'H' => true,
+            b'W' => false,
+            _ => return None,
+        };
+        let mode = match flags.get(1..)? {
+            b"x" => LockMode::Exclusive,
+            b"s" => LockMode::Shared,
+            _ => return None,
+        };
+        Some(Self {
+            told,
+            mode,
+            limit: parts.next()?.parse().ok()?,
+            ttl_ms: parts.next()?.parse().ok()?,
+            skew_ms: parts.next()?.parse().ok()?,
+            owner: parts.next()?.to_owned(),
+        })
     }
 }
 
@@ -108,6 +130,7 @@ pub(crate) struct Entry {
     pub(crate) seq: u64,
     pub(crate) owner: String,
     pub(crate) mode: LockMode,
+    pub(crate) limit: u32,
     /// Milliseconds since the epoch, by the clock of the client that wrote it.
     pub(crate) expires_at: u64,
     pub(crate) ttl_ms: u64,
@@ -117,6 +140,18 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
+    /// Its `e:` attribute, told or not, with `ttl_ms`.
+    pub(crate) fn info(&self, told: bool, ttl_ms: u64) -> EntryInfo {
+        EntryInfo {
+            told,
+            mode: self.mode,
+            limit: self.limit,
+            ttl_ms,
+            skew_ms: self.skew_ms,
+            owner: self.owner.clone(),
+        }
+    }
+
     /// Whether a client reading `now` on its clock, allowing `skew_ms`,
     /// must still count the entry as live: until its clock is past
     /// `expires_at` plus the larger of the entry's skew and its own.
@@ -156,8 +191,6 @@ pub(crate) struct KeyState {
     pub(crate) fence: u64,
     /// The stored entry count, as the item says.
     pub(crate) count: u64,
-    /// The limit of the live entries.
-    pub(crate) limit: u32,
     /// Every stored entry, by sequence number.
     pub(crate) entries: Vec<Entry>,
 }
@@ -169,7 +202,6 @@ pub(crate) struct View<'a> {
     pub(crate) live: Vec<(&'a Entry, bool)>,
     /// Entries the client may count as expired.
     pub(crate) expired: Vec<&'a Entry>,
-    limit: u32,
 }
 
 impl KeyState {
@@ -191,7 +223,7 @@ impl KeyState {
                 return Err(StoreError::new(
                     StoreErrorKind::Invalid,
                     format!(
-                        "the key item has format {format}, which this version of lock-dynamodb does not know (it writes format {FORMAT_VERSION}): use the newer version for this table"
+                        "the key item has format {format}, which this version of lock-dynamodb does not know (it reads format {FORMAT_VERSION}, whose items have no format attribute): use the newer version for this table"
                     ),
                 )
                 .with_key(key));
@@ -206,8 +238,6 @@ impl KeyState {
         };
         let fence = read_number(FENCE)?;
         let count = read_number(COUNT)?;
-        let limit = u32::try_from(read_number(LIMIT)?)
-            .map_err(|_| corrupt(format!("has a {LIMIT} beyond 32 bits")))?;
         let mut entries = Vec::new();
         for (name, value) in item {
             let Some(hex) = name.strip_prefix(ENTRY_PREFIX) else {
@@ -220,16 +250,31 @@ impl KeyState {
                 .get(&seq_attribute(lease_id))
                 .and_then(as_u64)
                 .ok_or_else(|| corrupt(format!("has no sequence number for entry {lease_id}")))?;
-            entries.push(
-                parse_entry(lease_id, seq, value)
-                    .ok_or_else(|| corrupt(format!("has a malformed entry {lease_id}")))?,
-            );
+            let expires_at = item
+                .get(&expiry_attribute(lease_id))
+                .and_then(as_u64)
+                .ok_or_else(|| corrupt(format!("has no expiry for entry {lease_id}")))?;
+            let info = match value {
+                AttributeValue::S(text) => EntryInfo::parse(text),
+                _ => None,
+            }
+            .ok_or_else(|| corrupt(format!("has a malformed entry {lease_id}: {value:?}")))?;
+            entries.push(Entry {
+                lease_id,
+                seq,
+                owner: info.owner,
+                mode: info.mode,
+                limit: info.limit,
+                expires_at,
+                ttl_ms: info.ttl_ms,
+                skew_ms: info.skew_ms,
+                told: info.told,
+            });
         }
         entries.sort_by_key(|entry| entry.seq);
         Ok(Self {
             fence,
             count,
-            limit,
             entries,
         })
     }
@@ -242,12 +287,27 @@ impl KeyState {
     /// The entries as a client reading `now` (allowing `skew_ms`) sees
     /// them: which are live, which of those hold by position, and which
     /// it may count as expired.
+    ///
+    /// At most [`MAX_EXPIRED`] entries count as expired (the first ones in
+    /// line); any further expired entry counts as live. A write that relies
+    /// on an entry being expired must check, in its condition, that the
+    /// entry's expiry is still the one read (its owner may have renewed it
+    /// after the read), and an update expression has room for only so many
+    /// such checks.
     pub(crate) fn view(&self, now: u64, skew_ms: u64) -> View<'_> {
-        let (live, expired): (Vec<&Entry>, Vec<&Entry>) = self
-            .entries
-            .iter()
-            .partition(|entry| entry.is_live_for(now, skew_ms));
-        let limit = usize::try_from(self.limit.max(1)).unwrap_or(usize::MAX);
+        let mut live = Vec::new();
+        let mut expired = Vec::new();
+        for entry in &self.entries {
+            if entry.is_live_for(now, skew_ms) || expired.len() >= MAX_EXPIRED {
+                live.push(entry);
+            } else {
+                expired.push(entry);
+            }
+        }
+        // Live entries agree on their limit; should clocks disagree on
+        // which entries live, the latest request's limit counts.
+        let limit = live.last().map_or(1, |entry| entry.limit.max(1));
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
         let mut exclusive = false;
         let mut holding = true;
         let live = live
@@ -263,11 +323,7 @@ impl KeyState {
                 (entry, holding)
             })
             .collect();
-        View {
-            live,
-            expired,
-            limit: self.limit,
-        }
+        View { live, expired }
     }
 }
 
@@ -288,7 +344,7 @@ impl View<'_> {
 
     /// The limit of the live entries, when there are any.
     pub(crate) fn limit(&self) -> Option<u32> {
-        (!self.live.is_empty()).then_some(self.limit)
+        self.live.last().map(|(entry, _)| entry.limit)
     }
 
     /// The first live holder.
@@ -327,6 +383,15 @@ impl View<'_> {
             .min()
     }
 
+    /// The entries counted as expired that are ahead of sequence number
+    /// `seq`: a write deciding that `seq` holds must check their expiry.
+    pub(crate) fn expired_before(&self, seq: u64) -> impl Iterator<Item = &Entry> + '_ {
+        self.expired
+            .iter()
+            .copied()
+            .filter(move |entry| entry.seq < seq)
+    }
+
     /// The owner of an expired entry that held (it was told so, or was
     /// first in line), for [`Grant::previous_owner`](lock_core::Grant).
     pub(crate) fn expired_holder(&self) -> Option<&str> {
@@ -351,36 +416,6 @@ fn as_u64(value: &AttributeValue) -> Option<u64> {
     }
 }
 
-fn parse_entry(lease_id: LeaseId, seq: u64, value: &AttributeValue) -> Option<Entry> {
-    let AttributeValue::M(fields) = value else {
-        return None;
-    };
-    let owner = match fields.get(field::OWNER)? {
-        AttributeValue::S(owner) => owner.clone(),
-        _ => return None,
-    };
-    let mode = match fields.get(field::MODE)? {
-        AttributeValue::S(code) if code == "x" => LockMode::Exclusive,
-        AttributeValue::S(code) if code == "s" => LockMode::Shared,
-        _ => return None,
-    };
-    let told = match fields.get(field::TOLD) {
-        None => false,
-        Some(AttributeValue::Bool(told)) => *told,
-        Some(_) => return None,
-    };
-    Some(Entry {
-        lease_id,
-        seq,
-        owner,
-        mode,
-        expires_at: as_u64(fields.get(field::EXPIRES)?)?,
-        ttl_ms: as_u64(fields.get(field::TTL)?)?,
-        skew_ms: as_u64(fields.get(field::SKEW)?)?,
-        told,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,16 +425,20 @@ mod tests {
             (KEY.to_owned(), AttributeValue::S("k".into())),
             (FENCE.to_owned(), number(9)),
             (COUNT.to_owned(), number(entries.len())),
-            (LIMIT.to_owned(), number(2)),
-            (FORMAT.to_owned(), number(FORMAT_VERSION)),
         ]);
         for &(id, seq, mode, expires_at, told) in entries {
             let lease_id = LeaseId::from_u128(id);
-            item.insert(
-                entry_attribute(lease_id),
-                entry_value(&format!("owner-{id}"), mode, expires_at, 1_000, 100, told),
-            );
+            let info = EntryInfo {
+                told,
+                mode,
+                limit: 2,
+                ttl_ms: 1_000,
+                skew_ms: 100,
+                owner: format!("owner {id}"),
+            };
+            item.insert(entry_attribute(lease_id), info.value());
             item.insert(seq_attribute(lease_id), number(seq));
+            item.insert(expiry_attribute(lease_id), number(expires_at));
         }
         item
     }
@@ -415,10 +454,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(state.fence, 9);
-        assert_eq!(state.limit, 2);
+        assert_eq!(state.view(0, 0).limit(), Some(2));
         let seqs: Vec<u64> = state.entries.iter().map(|entry| entry.seq).collect();
         assert_eq!(seqs, [3, 7]);
         assert!(state.entries[0].told);
+        assert_eq!(state.entries[1].owner, "owner 2");
+        assert_eq!(state.entries[1].mode, LockMode::Shared);
     }
 
     #[test]
@@ -450,7 +491,7 @@ mod tests {
         assert_eq!(view.holds(LeaseId::from_u128(3)), Some(true));
         assert_eq!(view.holds(LeaseId::from_u128(4)), Some(false));
         assert_eq!(view.waiting(), 1);
-        assert_eq!(view.expired_holder(), Some("owner-1"));
+        assert_eq!(view.expired_holder(), Some("owner 1"));
         assert!(!view.would_hold(LockMode::Shared, 2));
     }
 

@@ -27,8 +27,8 @@ use crate::clock::{WallClock, millis_up};
 use crate::config::DynamoConfig;
 use crate::error::{Context, store_error};
 use crate::item::{
-    COUNT, FENCE, FORMAT, FORMAT_VERSION, IDLE_EXPIRY, KEY, KeyState, LIMIT, entry_attribute,
-    entry_value, field, number, seq_attribute,
+    COUNT, EntryInfo, FENCE, IDLE_EXPIRY, KEY, KeyState, TOLD_PREFIX, entry_attribute,
+    expiry_attribute, number, seq_attribute,
 };
 use crate::table;
 
@@ -44,9 +44,6 @@ const MAX_BATCH: usize = 1000;
 /// other clients change it between its read and its write, before it gives
 /// up with a retryable error.
 const MAX_ATTEMPTS: usize = 16;
-/// How many expired entries one write removes from a key item (an update
-/// expression is at most 4 KB).
-const MAX_PURGE: usize = 64;
 /// The shortest idle expiry: DynamoDB's TTL deletes within hours anyway.
 const MIN_IDLE_EXPIRY: Duration = Duration::from_secs(3600);
 
@@ -255,21 +252,16 @@ impl DynamoStore {
         update.set(fence.clone(), next.clone());
         let count = update.name(COUNT);
         update.set(count.clone(), one.clone());
-        update.set_value(LIMIT, number(request.limit));
-        update.set_value(FORMAT, number(FORMAT_VERSION));
         update.set_value(
             &entry_attribute(request.lease_id),
-            entry_value(
-                request.owner,
-                request.mode,
-                now.saturating_add(ttl_ms),
-                ttl_ms,
-                skew_ms,
-                true,
-            ),
+            new_info(request, true, ttl_ms, skew_ms).value(),
         );
         let seq = update.name(&seq_attribute(request.lease_id));
         update.set(seq, next);
+        update.set_value(
+            &expiry_attribute(request.lease_id),
+            number(now.saturating_add(ttl_ms)),
+        );
         if let Some(at) = self.idle_expiry_at(now) {
             update.set_value(IDLE_EXPIRY, number(at));
         }
@@ -318,10 +310,18 @@ impl DynamoStore {
         if let Some(entry) = own.filter(|entry| entry.expires_at > now) {
             let view = state.view(now, skew_ms);
             return Ok(if view.holds(request.lease_id) == Some(true) {
-                Decision::Refresh { seq: entry.seq }
+                Decision::Refresh {
+                    seq: entry.seq,
+                    info: entry.info(true, ttl_ms),
+                    expired_ahead: view
+                        .expired_before(entry.seq)
+                        .map(|ahead| (ahead.lease_id, ahead.expires_at))
+                        .collect(),
+                }
             } else {
-                let waiter_ttl = request.queue.unwrap_or(Duration::from_millis(entry.ttl_ms));
-                Decision::Answer(AcquireOutcome::Queued(Queued::new(waiter_ttl)))
+                // It waits: it lives this long yet.
+                let left = Duration::from_millis(entry.expires_at - now);
+                Decision::Answer(AcquireOutcome::Queued(Queued::new(left)))
             });
         }
         // An own entry that is over by this client's clock is dead: it is
@@ -340,7 +340,7 @@ impl DynamoStore {
         let (expires_at, entry_ttl_ms) = match (holds, request.queue) {
             (true, _) => (now.saturating_add(ttl_ms), ttl_ms),
             (false, Some(waiter_ttl)) => {
-                let waiter_ms = millis_up(waiter_ttl);
+                let waiter_ms = applied_waiter_ms(millis_up(waiter_ttl));
                 (now.saturating_add(waiter_ms), waiter_ms)
             }
             (false, None) => {
@@ -351,11 +351,12 @@ impl DynamoStore {
             }
         };
         let seq = state.fence.saturating_add(1);
-        let purge: Vec<LeaseId> = view
+        // Every entry counted as expired is removed, and the write checks it
+        // was not renewed since the read.
+        let purge: Vec<(LeaseId, u64)> = view
             .expired
             .iter()
-            .take(MAX_PURGE)
-            .map(|entry| entry.lease_id)
+            .map(|entry| (entry.lease_id, entry.expires_at))
             .collect();
         let own_stored = usize::from(own.is_some());
         let count = state.entries.len() - purge.len() - own_stored + 1;
@@ -392,52 +393,41 @@ impl DynamoStore {
         update.set(fence, new_fence.clone());
         let new_count = update.value(number(count));
         update.set(stored, new_count);
-        update.set_value(LIMIT, number(request.limit));
-        update.set_value(FORMAT, number(FORMAT_VERSION));
         update.set_value(
             &entry_attribute(request.lease_id),
-            entry_value(
-                request.owner,
-                request.mode,
-                expires_at,
-                entry_ttl_ms,
-                skew_ms,
-                holds,
-            ),
+            new_info(request, holds, entry_ttl_ms, skew_ms).value(),
         );
         let seq_name = update.name(&seq_attribute(request.lease_id));
         update.set(seq_name, new_fence);
+        update.set_value(&expiry_attribute(request.lease_id), number(expires_at));
         if let Some(at) = self.idle_expiry_at(now) {
             update.set_value(IDLE_EXPIRY, number(at));
         }
-        for lease_id in purge {
+        for (lease_id, expires_at) in purge {
             update.remove(&entry_attribute(lease_id));
             update.remove(&seq_attribute(lease_id));
+            update.unchanged_expiry(lease_id, expires_at);
+            update.remove(&expiry_attribute(lease_id));
         }
         Ok(Decision::Write { update, outcome })
     }
 
-    /// Extends the live entry `lease_id` to `ttl_ms` from `now` and marks it
-    /// told, if it is still live by this client's clock.
-    fn extend(&self, lease_id: LeaseId, now: u64, ttl_ms: u64, told: bool) -> Update {
+    /// Extends the live entry `lease_id` to `ttl_ms` from `now`, rewriting
+    /// its settings to `info` when given, if it is still live by this
+    /// client's clock.
+    fn extend(&self, lease_id: LeaseId, now: u64, ttl_ms: u64, info: Option<EntryInfo>) -> Update {
         let mut update = Update::default();
-        let entry = update.name(&entry_attribute(lease_id));
-        let expires = update.name(field::EXPIRES);
-        let ttl = update.name(field::TTL);
+        let expiry = update.name(&expiry_attribute(lease_id));
         let new_expiry = update.value(number(now.saturating_add(ttl_ms)));
-        let new_ttl = update.value(number(ttl_ms));
         let now_value = update.value(number(now));
-        update.set(format!("{entry}.{expires}"), new_expiry);
-        update.set(format!("{entry}.{ttl}"), new_ttl);
-        if told {
-            let told_name = update.name(field::TOLD);
-            let yes = update.value(AttributeValue::Bool(true));
-            update.set(format!("{entry}.{told_name}"), yes);
+        update.set(expiry.clone(), new_expiry);
+        if let Some(info) = info {
+            update.set_value(&entry_attribute(lease_id), info.value());
         }
         if let Some(at) = self.idle_expiry_at(now) {
             update.set_value(IDLE_EXPIRY, number(at));
         }
-        update.condition(format!("{entry}.{expires} > {now_value}"));
+        update.condition(format!("{expiry} > {now_value}"));
         update
     }
 
@@ -450,11 +440,12 @@ impl DynamoStore {
         let now = self.now();
         let Some(waiter_ttl) = renewal.wait_ttl else {
             // A held entry: extended only while live and told it holds.
-            let mut update = self.extend(renewal.lease_id, now, ttl_ms, false);
+            // Its recorded ttl stays the grant's (a locker renews with the
+            // ttl it was granted with).
+            let mut update = self.extend(renewal.lease_id, now, ttl_ms, None);
             let entry = update.name(&entry_attribute(renewal.lease_id));
-            let told = update.name(field::TOLD);
-            let yes = update.value(AttributeValue::Bool(true));
-            update.and_condition(format!("{entry}.{told} = {yes}"));
+            let told = update.value(AttributeValue::S(TOLD_PREFIX.to_owned()));
+            update.and_condition(format!("begins_with({entry}, {told})"));
             return Ok(
                 match self
                     .update("renew", renewal.key, update, ReturnValue::None, false)
@@ -467,49 +458,67 @@ impl DynamoStore {
                 },
             );
         };
-        // A waiting entry: extend it as a waiter, and learn from the item
-        // whether it holds by now.
-        let waiter_ms = millis_up(waiter_ttl);
-        let update = self.extend(renewal.lease_id, now, waiter_ms, false);
-        let item = match self
-            .update("renew", renewal.key, update, ReturnValue::AllNew, false)
-            .await?
-        {
-            Written::Applied(item) => item,
-            Written::Refused(_) => return Ok(RenewOutcome::Lost),
+        // A waiting entry: read where it stands; write only to grant it, or
+        // when less than its waiter ttl is left (each write applies more,
+        // so most polls are reads).
+        let requested_ms = millis_up(waiter_ttl);
+        let Some(state) = self.read(renewal.key).await? else {
+            return Ok(RenewOutcome::Lost);
         };
-        let state = KeyState::parse(renewal.key, &item)?;
-        let Some(entry) = state.find(renewal.lease_id) else {
+        let Some(entry) = state
+            .find(renewal.lease_id)
+            .filter(|entry| entry.expires_at > now)
+        else {
             return Ok(RenewOutcome::Lost);
         };
         let skew_ms = self.inner.skew_override_ms.unwrap_or(entry.skew_ms);
         let view = state.view(now, skew_ms);
-        match view.holds(renewal.lease_id) {
-            Some(true) => {
-                let seq = entry.seq;
-                let now = self.now();
-                let update = self.extend(renewal.lease_id, now, ttl_ms, true);
-                Ok(
-                    match self
-                        .update("renew", renewal.key, update, ReturnValue::None, false)
-                        .await?
-                    {
-                        Written::Applied(_) => RenewOutcome::Granted(
-                            Grant::new(Duration::from_millis(ttl_ms))
-                                .with_token(FencingToken::from(seq)),
-                        ),
-                        Written::Refused(_) => RenewOutcome::Lost,
-                    },
-                )
+        let retry_after = view
+            .retry_after(entry.seq, now, skew_ms)
+            .map(Duration::from_millis);
+        let left_ms = entry.expires_at - now;
+        if view.holds(renewal.lease_id) == Some(true) {
+            let seq = entry.seq;
+            let info = entry.info(true, ttl_ms);
+            let mut update = self.extend(renewal.lease_id, now, ttl_ms, Some(info));
+            // It holds because these ended: unless one was renewed since.
+            for ahead in view.expired_before(seq) {
+                update.unchanged_expiry(ahead.lease_id, ahead.expires_at);
             }
-            Some(false) => Ok(RenewOutcome::Waiting {
-                ttl: Duration::from_millis(waiter_ms),
-                retry_after: view
-                    .retry_after(entry.seq, now, skew_ms)
-                    .map(Duration::from_millis),
-            }),
-            None => Ok(RenewOutcome::Lost),
+            match self
+                .update("renew", renewal.key, update, ReturnValue::None, false)
+                .await?
+            {
+                Written::Applied(_) => {
+                    return Ok(RenewOutcome::Granted(
+                        Grant::new(Duration::from_millis(ttl_ms))
+                            .with_token(FencingToken::from(seq)),
+                    ));
+                }
+                // Its own entry ended, or an entry ahead was renewed after
+                // the read: renewing it as waiting tells which.
+                Written::Refused(_) => {}
+            }
+        } else if left_ms >= requested_ms {
+            return Ok(RenewOutcome::Waiting {
+                ttl: Duration::from_millis(left_ms),
+                retry_after,
+            });
         }
+        let applied_ms = applied_waiter_ms(requested_ms);
+        let update = self.extend(renewal.lease_id, now, applied_ms, None);
+        Ok(
+            match self
+                .update("renew", renewal.key, update, ReturnValue::None, false)
+                .await?
+            {
+                Written::Applied(_) => RenewOutcome::Waiting {
+                    ttl: Duration::from_millis(applied_ms),
+                    retry_after,
+                },
+                Written::Refused(_) => RenewOutcome::Lost,
+            },
+        )
     }
 
     /// With fencing off: deletes the whole item when the entry is its only
@@ -521,14 +530,11 @@ impl DynamoStore {
         now: u64,
     ) -> Result<Option<ReleaseOutcome>, StoreError> {
         let mut update = Update::default();
-        let entry = update.name(&entry_attribute(lease_id));
-        let expires = update.name(field::EXPIRES);
+        let expiry = update.name(&expiry_attribute(lease_id));
         let count = update.name(COUNT);
         let one = update.value(number(1));
         let now_value = update.value(number(now));
-        update.condition(format!(
-            "{count} = {one} AND {entry}.{expires} > {now_value}"
-        ));
+        update.condition(format!("{count} = {one} AND {expiry} > {now_value}"));
         let (_, condition, names, values) = update.finish();
         let result = self
             .inner
@@ -567,13 +573,39 @@ impl DynamoStore {
     }
 }
 
+/// The settings of a new entry for `request`.
+fn new_info(request: &AcquireRequest<'_>, told: bool, ttl_ms: u64, skew_ms: u64) -> EntryInfo {
+    EntryInfo {
+        told,
+        mode: request.mode,
+        limit: request.limit,
+        ttl_ms,
+        skew_ms,
+        owner: request.owner.to_owned(),
+    }
+}
+
+/// The waiter ttl the store applies for a requested one: half as long
+/// again, so that the renewals (and polls) of a waiting entry within the
+/// first half of that only read the key item: a renewal writes only when
+/// less than the requested ttl is left. A dead waiter holds up the queue
+/// for at most this applied ttl (plus the clock skew).
+fn applied_waiter_ms(requested_ms: u64) -> u64 {
+    requested_ms.saturating_add(requested_ms / 2)
+}
+
 /// What [`DynamoStore::decide`] concluded.
 enum Decision {
     /// Answer without writing.
     Answer(AcquireOutcome),
     /// The request's own entry holds already (a retried request): extend it
     /// and answer the grant.
-    Refresh { seq: u64 },
+    Refresh {
+        seq: u64,
+        info: EntryInfo,
+        /// Entries ahead counted as expired, with the expiry read.
+        expired_ahead: Vec<(LeaseId, u64)>,
+    },
     /// Write `update` (conditional on the item being unchanged), then
     /// answer `outcome`.
     Write {
@@ -689,9 +721,16 @@ impl LeaseStore for DynamoStore {
             };
             match self.decide(&request, &state, now, skew_ms)? {
                 Decision::Answer(outcome) => return Ok(outcome),
-                Decision::Refresh { seq } => {
+                Decision::Refresh {
+                    seq,
+                    info,
+                    expired_ahead,
+                } => {
                     let ttl_ms = millis_up(request.ttl);
-                    let update = self.extend(request.lease_id, now, ttl_ms, true);
+                    let mut update = self.extend(request.lease_id, now, ttl_ms, Some(info));
+                    for (lease_id, expires_at) in expired_ahead {
+                        update.unchanged_expiry(lease_id, expires_at);
+                    }
                     match self
                         .update("acquire", request.key, update, ReturnValue::None, false)
                         .await?
@@ -761,19 +800,18 @@ impl LeaseStore for DynamoStore {
             return Ok(outcome);
         }
         let mut update = Update::default();
-        let entry = update.name(&entry_attribute(lease_id));
-        let seq = update.name(&seq_attribute(lease_id));
-        let expires = update.name(field::EXPIRES);
+        let expiry = update.name(&expiry_attribute(lease_id));
         let now_value = update.value(number(now));
         let count = update.name(COUNT);
         let one = update.value(number(1));
-        update.remove_name(entry.clone());
-        update.remove_name(seq);
+        update.remove(&entry_attribute(lease_id));
+        update.remove(&seq_attribute(lease_id));
+        update.remove_name(expiry.clone());
         update.set(count.clone(), format!("{count} - {one}"));
         if let Some(at) = self.idle_expiry_at(now) {
             update.set_value(IDLE_EXPIRY, number(at));
         }
-        update.condition(format!("{entry}.{expires} > {now_value}"));
+        update.condition(format!("{expiry} > {now_value}"));
         Ok(
             match self
                 .update("release", key, update, ReturnValue::None, false)
@@ -884,6 +922,15 @@ impl Update {
 
     fn condition(&mut self, condition: String) {
         self.condition = Some(condition);
+    }
+
+    /// Adds to the condition that `lease_id`'s expiry is still
+    /// `expires_at`: an entry counted as expired was not renewed (or
+    /// replaced) since it was read.
+    fn unchanged_expiry(&mut self, lease_id: LeaseId, expires_at: u64) {
+        let expiry = self.name(&expiry_attribute(lease_id));
+        let seen = self.value(number(expires_at));
+        self.and_condition(format!("{expiry} = {seen}"));
     }
 
     fn and_condition(&mut self, condition: String) {
