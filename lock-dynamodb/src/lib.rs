@@ -76,32 +76,39 @@
 //! | --- | --- | --- |
 //! | `lock_key` | S | the lock key (partition key), byte for byte |
 //! | `fence` | N | the last sequence number handed out: the fencing counter |
-//! | `entries` | N | how many entries the item stores |
-//! | `permits` | N | the limit the live entries agreed on (1: mutex) |
-//! | `format` | N | the item format, `1` |
-//! | `e:<lease id>` | M | an entry: `owner` (S), `mode` (S, `x`/`s`), `exp` (N, ms since the epoch by the writer's clock), `ttl` (N, ms), `skew` (N, ms), `held` (BOOL, once told it holds) |
-//! | `s:<lease id>` | N | that entry's sequence number (= its fencing token) |
+//! | `entries` | N | how many entries the item stores (live or not yet removed) |
+//! | `e:<lease id>` | S | an entry's settings: `{H\|W}{x\|s} LIMIT TTL_MS SKEW_MS OWNER` (`H` once told it holds, `W` waiting; `x` exclusive, `s` shared; the limit it agreed to, e.g. 1 for a mutex; its ttl; the clock skew its owner allows; the owner name) |
+//! | `s:<lease id>` | N | its sequence number, which is its fencing token |
+//! | `x:<lease id>` | N | its expiry, ms since the epoch by the clock of its last writer |
 //! | `idle_expiry` | N | epoch seconds, only with [idle expiry](DynamoConfig::idle_expiry) |
+//! | `format` | N | not written by this version (format 1); a later format will set it, and this version refuses such items |
 //!
 //! Entries are ordered by sequence number; who holds is decided by
 //! position, by each reader's clock: walk the live entries in order; an
 //! entry holds when every one before it holds and it is compatible
 //! (exclusive: first; shared: every entry before it shared and fewer than
-//! `permits`). The sequence number is the fencing token, and `fence`
-//! stays when the key is released, so tokens keep increasing across
-//! release, expiry and takeover.
+//! its limit). `fence` stays when the key is released, so tokens keep
+//! increasing across release, expiry and takeover.
 //!
 //! **Why one item** rather than an item per entry: every decision (is the
 //! key free, where does a new entry go, does the limit match, which token
 //! comes next) is then one conditional write on one item, atomic without
 //! `TransactWriteItems` (which costs twice the write units and fails on
 //! any concurrent transaction on the same items), and a waiting entry
-//! learns its position from the item its own renewal returns. The cost: an
-//! item is at most 400 KB, which bounds one key's queue to about a
-//! thousand entries with 256-byte owner names (several thousand with short
-//! ones); a longer queue is refused with a retryable error. Each write
-//! consumes write units for the whole item (1 WCU per KB), so long queues
-//! cost more per operation.
+//! learns its position from one read. An entry is three scalar attributes
+//! rather than a map, so a renewal writes one number and items stay small.
+//! The cost: an item is at most 400 KB, which bounds one key's queue to
+//! some 1,000 entries with 256-byte owner names (several thousand with
+//! short ones); a longer queue is refused with a retryable error. Each
+//! write consumes write units for the whole item (1 WCU per KB), so long
+//! queues cost more per operation.
+//!
+//! **Stale reads are checked.** A client that reads the item, counts an
+//! entry as expired and then writes (a takeover, a promotion) makes its
+//! write conditional on that entry's expiry being still the one it read:
+//! the entry's owner may have renewed it in between, and a renewal moves no
+//! counter. At most 64 entries count as expired in one decision (the
+//! condition's size); further ones count as live until removed.
 //!
 //! # Operations and their cost
 //!
@@ -109,24 +116,33 @@
 //! | --- | --- | --- |
 //! | acquire, key free | 1 `UpdateItem` | condition `entries = 0` (or no item); bumps `fence`, adds the entry, returns the token |
 //! | acquire, key held, no queue | 1 `UpdateItem` (refused) | the refused condition returns the item (`ReturnValuesOnConditionCheckFailure`), which answers `Held` |
-//! | acquire, takeover or queueing | 2 `UpdateItem` | the refused fast path, then a write conditional on `fence` and `entries` unchanged, which also removes expired entries; repeated (at most 16 times) while other clients change the item |
-//! | renew a held entry | 1 `UpdateItem` per entry | condition: its `exp` ahead of the renewer's clock and `held` |
-//! | renew a waiting entry | 1 `UpdateItem` per entry, 2 when it holds by now | the first returns the item, whose positions say whether it holds |
-//! | release | 1 `UpdateItem` | condition: its `exp` ahead of the releaser's clock; with fencing off, a `DeleteItem` removes the item when the entry was its last |
+//! | acquire, takeover or queueing | 2 `UpdateItem` | the refused fast path, then a write conditional on `fence` and `entries` unchanged (and on the expiry of each entry it removes as expired); repeated, at most 16 times, while other clients change the item |
+//! | renew a held entry | 1 `UpdateItem` per entry | condition: its `x:` ahead of the renewer's clock and its `e:` starting with `H` |
+//! | renew (or poll) a waiting entry | 1 strongly consistent `GetItem`; plus 1 `UpdateItem` when it holds by now, or when less than its waiter ttl is left | a waiting entry is given half as long again as its waiter ttl, so most polls only read |
+//! | release | 1 `UpdateItem` | condition: its `x:` ahead of the releaser's clock; with fencing off, a `DeleteItem` removes the item when the entry was its last |
 //! | inspect | 1 strongly consistent `GetItem` | |
+//!
+//! **Waiting entries** are given half as long again as the waiter ttl
+//! asked for (and report that ttl): a renewal or a poll writes only when
+//! less than the requested waiter ttl is left, so the many polls of the
+//! waiters of a hot key are reads, not writes to the one item everyone
+//! writes. A waiter that died holds up the queue for at most that applied
+//! ttl (plus the clock skew).
 //!
 //! **Renewal batches**: DynamoDB has no conditional write per item in a
 //! batch (`BatchWriteItem` takes no conditions, `TransactWriteItems` is all
 //! or nothing), so a renewal batch sends its entries' `UpdateItem`s
 //! concurrently, at most [`DynamoConfig::renew_concurrency`] (default 64)
-//! in flight per store. A heartbeat over N locks costs N requests and
+//! in flight per store. A heartbeat over N held locks costs N requests and
 //! about `N / 64` round trips of wall time; keep that well inside the
 //! locker's `store_timeout`, or raise the concurrency.
 //!
 //! **No notifications**: DynamoDB Streams are not a per-waiter signal, so
 //! [`Capabilities::native_wait`](lock_core::Capabilities::native_wait) is
 //! false: waiters learn of a grant by renewing their waiting entry (the
-//! locker does it, at the heartbeat and when an entry ahead may expire).
+//! locker does it, at the heartbeat, on its own polls and when an entry
+//! ahead may end; `retry_after` points at that entry's end, then at its end
+//! plus the skew).
 //!
 //! # Idle expiry
 //!
