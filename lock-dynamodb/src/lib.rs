@@ -30,6 +30,29 @@
 //! # }
 //! ```
 //!
+//! # Guarantees
+//!
+//! While the clients' clocks are within `max_clock_skew` of each other (see
+//! below):
+//!
+//! - **Mutual exclusion by position**: entries hold in arrival order, an
+//!   exclusive one alone, shared ones up to the key's limit; a grant lasts
+//!   its whole ttl unless released; nobody else holds until the holder's
+//!   lease has ended by its own clock and the skew has passed.
+//! - **The holder knows first**: its renewal and release succeed only
+//!   while its entry is ahead of its own clock, and the locker's local
+//!   deadline (monotonic clock, drift and margin) ends before that.
+//! - **Fencing tokens** (the entries' sequence numbers) strictly increase
+//!   per key across release, expiry, takeover and restarts of clients: the
+//!   counter lives in the key's item, which is never deleted while fencing
+//!   is on. They hold even when the clock assumption fails.
+//! - **Every decision is one conditional write** on the key's item (or a
+//!   read that changes nothing); DynamoDB applies writes to one item one at
+//!   a time, with strongly consistent reads.
+//!
+//! The crate needs Rust 1.94.1 (the AWS SDK's minimum), newer than the
+//! rest of the workspace.
+//!
 //! # Time: the clients' clocks, within `max_clock_skew`
 //!
 //! DynamoDB cannot read its own clock inside a conditional write, so this

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,7 +15,7 @@ use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 use aws_smithy_http_client::tls;
-use futures_util::future::join_all;
+use futures_util::future::{BoxFuture, FutureExt as _, Shared, join_all};
 use lock_core::{
     AcquireOutcome, AcquireRequest, Capabilities, ExpiryClock, Fencing, FencingToken, Grant,
     LeaseId, LeaseInfo, LeaseStore, Queued, ReleaseOutcome, RenewEntry, RenewOutcome, StoreError,
@@ -83,9 +83,15 @@ struct Inner {
     idle_expiry_ms: Option<u64>,
     renewals: Semaphore,
     clock: Arc<dyn WallClock>,
+    /// Reads of key items in flight, by key, for waiting entries' renewals
+    /// to share (see [`DynamoStore::read_shared`]).
+    reads: Mutex<HashMap<String, SharedRead>>,
     /// The config as `Debug` shows it (already redacted).
     description: String,
 }
+
+/// A read of a key item that several callers can await.
+type SharedRead = Shared<BoxFuture<'static, Result<Option<Item>, StoreError>>>;
 
 impl fmt::Debug for DynamoStore {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -153,6 +159,7 @@ impl DynamoStore {
                 idle_expiry_ms: config.idle_expiry.map(millis_up),
                 renewals: Semaphore::new(config.renew_concurrency),
                 clock: config.clock,
+                reads: Mutex::new(HashMap::new()),
                 description,
             }),
         })
@@ -462,7 +469,19 @@ impl DynamoStore {
         // when less than its waiter ttl is left (each write applies more,
         // so most polls are reads).
         let requested_ms = millis_up(waiter_ttl);
-        let Some(state) = self.read(renewal.key).await? else {
+        let (mut state, shared) = self.read_shared(renewal.key).await?;
+        let live = |state: &Option<KeyState>| {
+            state.as_ref().is_some_and(|state| {
+                state
+                    .find(renewal.lease_id)
+                    .is_some_and(|entry| entry.expires_at > now)
+            })
+        };
+        if shared && !live(&state) {
+            // A read started before this call may predate the entry itself.
+            state = self.read(renewal.key).await?;
+        }
+        let Some(state) = state else {
             return Ok(RenewOutcome::Lost);
         };
         let Some(entry) = state
@@ -853,22 +872,84 @@ impl LeaseStore for DynamoStore {
 impl DynamoStore {
     /// The key item, read strongly consistently.
     async fn read(&self, key: &str) -> Result<Option<KeyState>, StoreError> {
-        let output = self
-            .inner
-            .client
-            .get_item()
-            .table_name(&self.inner.context.table)
-            .set_key(Some(Self::key_value(key)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|error| store_error("inspect", &self.inner.context, error).with_key(key))?;
-        output
-            .item
-            .filter(|item| item.len() > 1)
-            .map(|item| KeyState::parse(key, &item))
-            .transpose()
+        let item = get_item(
+            self.inner.client.clone(),
+            self.inner.context.clone(),
+            key.to_owned(),
+        )
+        .await?;
+        item.map(|item| KeyState::parse(key, &item)).transpose()
     }
+
+    /// The key item, from a strongly consistent read that this call may
+    /// share with others of this store already in flight for the same key
+    /// (then `true`). The waiters of one process poll their keys often; a
+    /// shared read is one request for all of them.
+    ///
+    /// A shared read may have been served before this call began: it may
+    /// show an older state (harmless for a waiting entry: holding only ever
+    /// starts, its own expiry only grows), or not yet show an entry added
+    /// just before; callers read again before concluding an entry is gone.
+    async fn read_shared(&self, key: &str) -> Result<(Option<KeyState>, bool), StoreError> {
+        let (read, shared) = {
+            let mut reads = self
+                .inner
+                .reads
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match reads.get(key) {
+                Some(read) => (read.clone(), true),
+                None => {
+                    let read = shared_read(&self.inner, key);
+                    reads.insert(key.to_owned(), read.clone());
+                    (read, false)
+                }
+            }
+        };
+        let item = read.await?;
+        Ok((
+            item.map(|item| KeyState::parse(key, &item)).transpose()?,
+            shared,
+        ))
+    }
+}
+
+/// A read of `key`'s item that removes itself from the store's reads in
+/// flight when done. It holds the store weakly: an abandoned read does not
+/// keep a dropped store alive.
+fn shared_read(inner: &Arc<Inner>, key: &str) -> SharedRead {
+    let (client, context, key) = (inner.client.clone(), inner.context.clone(), key.to_owned());
+    let store: Weak<Inner> = Arc::downgrade(inner);
+    async move {
+        let item = get_item(client, context, key.clone()).await;
+        if let Some(store) = store.upgrade() {
+            store
+                .reads
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&key);
+        }
+        item
+    }
+    .boxed()
+    .shared()
+}
+
+/// One strongly consistent `GetItem` of `key`'s item (`None` when absent).
+async fn get_item(
+    client: Client,
+    context: Context,
+    key: String,
+) -> Result<Option<Item>, StoreError> {
+    let output = client
+        .get_item()
+        .table_name(&context.table)
+        .set_key(Some(DynamoStore::key_value(&key)))
+        .consistent_read(true)
+        .send()
+        .await
+        .map_err(|error| store_error("read", &context, error).with_key(&key))?;
+    Ok(output.item.filter(|item| item.len() > 1))
 }
 
 /// An update expression under construction: every attribute name and value

@@ -31,11 +31,12 @@ const SERVER: &str = "moto";
 /// a lock of its own, so two concurrent conditional writes on one item can
 /// both pass, where DynamoDB serializes the writes to an item. Bodies are
 /// read before the lock is taken, so a client stalled mid-request (a fault
-/// proxy's black hole) does not stall the others. The list of moto's
+/// proxy's black hole) does not stall the others, and the lock is taken in
+/// arrival order, so no request waits behind later ones. The list of moto's
 /// service modules, which its dispatcher reads from the disk on every
 /// request (a tenth of its time), is read once.
 const SERVER_SCRIPT: &str = r#"
-import io, sys, threading
+import collections, io, sys, threading
 from werkzeug.serving import run_simple
 from moto import backends
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
@@ -44,7 +45,33 @@ service_modules = tuple(backends.list_of_moto_modules())
 backends.list_of_moto_modules = lambda: service_modules
 
 moto_app = DomainDispatcherApplication(create_backend_app)
-one_at_a_time = threading.Lock()
+
+class FifoLock:
+    """A lock handed to its waiters in arrival order (threading.Lock is not
+    fair: a request could wait behind any number of later ones)."""
+
+    def __init__(self):
+        self._guard = threading.Lock()
+        self._waiters = collections.deque()
+        self._held = False
+
+    def __enter__(self):
+        with self._guard:
+            if not self._held:
+                self._held = True
+                return
+            turn = threading.Event()
+            self._waiters.append(turn)
+        turn.wait()
+
+    def __exit__(self, *exc):
+        with self._guard:
+            if self._waiters:
+                self._waiters.popleft().set()
+            else:
+                self._held = False
+
+one_at_a_time = FifoLock()
 
 def app(environ, start_response):
     length = int(environ.get("CONTENT_LENGTH") or 0)
