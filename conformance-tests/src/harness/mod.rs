@@ -32,6 +32,7 @@
 
 mod clock;
 mod etcd;
+mod moto;
 pub mod ports;
 mod postgres;
 mod process;
@@ -48,6 +49,7 @@ use std::time::Duration;
 
 pub use clock::FakeClock;
 pub use etcd::{EtcdCluster, EtcdServer};
+pub use moto::{MotoServer, shared_moto};
 pub use ports::{pick_free_port, pick_free_ports};
 pub use postgres::PostgresServer;
 pub use redis::{RedisCluster, RedisReply, RedisServer, redis_command};
