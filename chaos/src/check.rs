@@ -590,13 +590,7 @@ mod tests {
                 accepted: true,
             },
         ];
-        let found = texts(check(
-            &events,
-            &decisions,
-            &[],
-            &phases(200 * MS),
-            &KEYS_AB,
-        ));
+        let found = texts(check(&events, &decisions, &[], &phases(200 * MS), &KEYS_AB));
         assert!(
             found.iter().any(|v| v.contains("long after its deadline")),
             "{found:?}"

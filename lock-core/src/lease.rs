@@ -512,6 +512,10 @@ pub struct Capabilities {
     pub native_wait: bool,
     /// Whether the store can mint fencing tokens.
     pub fencing: bool,
+    /// Without native waits, the longest a waiting `lock()` goes between
+    /// two polls of its entry (its first polls come sooner); a store whose
+    /// requests cost money or time raises it. Default 250 ms.
+    pub poll_interval: Duration,
     /// Whose clock decides expiry: the store's own (every store that can
     /// read its clock inside a conditional write), or the clients' wall
     /// clocks within [`LockerOptions::max_clock_skew`](crate::LockerOptions::max_clock_skew).
@@ -545,6 +549,7 @@ impl Capabilities {
             max_batch: 1000,
             native_wait: false,
             fencing: true,
+            poll_interval: Duration::from_millis(250),
             clock: ExpiryClock::Store,
         }
     }
@@ -588,6 +593,13 @@ impl Capabilities {
     #[must_use]
     pub fn with_fencing(mut self, value: bool) -> Self {
         self.fencing = value;
+        self
+    }
+
+    /// Sets [`Capabilities::poll_interval`] (at least 1 ms).
+    #[must_use]
+    pub fn with_poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval.max(Duration::from_millis(1));
         self
     }
 

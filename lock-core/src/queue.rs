@@ -177,7 +177,8 @@ impl<S: LeaseStore> Core<S> {
         // says the queue changed; a notification lost otherwise costs at
         // most a heartbeat, when the renewal round reports the grant.
         let native = self.capabilities.native_wait;
-        let mut polls = Backoff::new(Duration::from_millis(5), Duration::from_millis(250));
+        let cap = self.capabilities.poll_interval;
+        let mut polls = Backoff::new(cap / 50, cap);
         let granularity = self.capabilities.ttl_granularity;
         let mut hint = queued.retry_after;
         let mut failures = Backoff::new(Duration::from_millis(5), Duration::from_secs(1));

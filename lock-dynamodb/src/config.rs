@@ -57,6 +57,7 @@ pub struct DynamoConfig {
     pub(crate) max_clock_skew: Option<Duration>,
     pub(crate) idle_expiry: Option<Duration>,
     pub(crate) renew_concurrency: usize,
+    pub(crate) min_ttl: Option<Duration>,
     pub(crate) clock: Arc<dyn WallClock>,
     /// The URL the settings were read from, if any: shown redacted.
     pub(crate) url: Option<ConnectionUrl>,
@@ -86,6 +87,7 @@ impl DynamoConfig {
             max_clock_skew: None,
             idle_expiry: None,
             renew_concurrency: DEFAULT_RENEW_CONCURRENCY,
+            min_ttl: None,
             clock: Arc::new(SystemClock),
             url: None,
         }
@@ -292,6 +294,16 @@ impl DynamoConfig {
     #[must_use]
     pub fn renew_concurrency(mut self, concurrency: usize) -> Self {
         self.renew_concurrency = concurrency.max(1);
+        self
+    }
+
+    /// The shortest lease (and waiter ttl) a locker on this store may ask
+    /// for, reported in the store's capabilities (default 100 ms). Raise it
+    /// for a slow endpoint (an emulator, a far region), where a renewal
+    /// round needs more time than a short lease leaves.
+    #[must_use]
+    pub fn min_ttl(mut self, min_ttl: Duration) -> Self {
+        self.min_ttl = Some(min_ttl);
         self
     }
 

@@ -304,9 +304,14 @@ impl KeyState {
                 expired.push(entry);
             }
         }
-        // Live entries agree on their limit; should clocks disagree on
-        // which entries live, the latest request's limit counts.
-        let limit = live.last().map_or(1, |entry| entry.limit.max(1));
+        // Live shared entries agree on their limit (exclusive ones hold
+        // alone whatever it is); should clocks disagree on which entries
+        // live, the latest shared request's limit counts.
+        let limit = live
+            .iter()
+            .rev()
+            .find(|entry| entry.mode == LockMode::Shared)
+            .map_or(1, |entry| entry.limit.max(1));
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
         let mut exclusive = false;
         let mut holding = true;
@@ -342,9 +347,13 @@ impl View<'_> {
         }
     }
 
-    /// The limit of the live entries, when there are any.
+    /// The limit of the live shared entries, when there are any.
     pub(crate) fn limit(&self) -> Option<u32> {
-        self.live.last().map(|(entry, _)| entry.limit)
+        self.live
+            .iter()
+            .rev()
+            .find(|(entry, _)| entry.mode == LockMode::Shared)
+            .map(|(entry, _)| entry.limit)
     }
 
     /// The first live holder.

@@ -141,16 +141,16 @@
 //! | acquire, key held, no queue | 1 `UpdateItem` (refused) | the refused condition returns the item (`ReturnValuesOnConditionCheckFailure`), which answers `Held` |
 //! | acquire, takeover or queueing | 2 `UpdateItem` | the refused fast path, then a write conditional on `fence` and `entries` unchanged (and on the expiry of each entry it removes as expired); repeated, at most 16 times, while other clients change the item |
 //! | renew a held entry | 1 `UpdateItem` per entry | condition: its `x:` ahead of the renewer's clock and its `e:` starting with `H` |
-//! | renew (or poll) a waiting entry | 1 strongly consistent `GetItem`; plus 1 `UpdateItem` when it holds by now, or when less than its waiter ttl is left | a waiting entry is given half as long again as its waiter ttl, so most polls only read |
+//! | renew (or poll) a waiting entry | 1 strongly consistent `GetItem`; plus 1 `UpdateItem` when it holds by now, or when less than its waiter ttl is left | a waiting entry is given up to a second more than its waiter ttl, so polls within that second only read |
 //! | release | 1 `UpdateItem` | condition: its `x:` ahead of the releaser's clock; with fencing off, a `DeleteItem` removes the item when the entry was its last |
 //! | inspect | 1 strongly consistent `GetItem` | |
 //!
 //! **Waiting entries** are given half as long again as the waiter ttl
-//! asked for (and report that ttl): a renewal or a poll writes only when
-//! less than the requested waiter ttl is left, so the many polls of the
-//! waiters of a hot key are reads, not writes to the one item everyone
-//! writes. A waiter that died holds up the queue for at most that applied
-//! ttl (plus the clock skew).
+//! asked for, at most a second more (and report that ttl): a renewal or a
+//! poll writes only when less than the requested waiter ttl is left, so
+//! polls coming close together are reads, not writes to the one item
+//! everyone writes. A waiter that died holds up the queue for at most that
+//! applied ttl (plus the clock skew).
 //!
 //! **Renewal batches**: DynamoDB has no conditional write per item in a
 //! batch (`BatchWriteItem` takes no conditions, `TransactWriteItems` is all

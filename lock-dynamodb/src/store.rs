@@ -18,8 +18,8 @@ use aws_smithy_http_client::tls;
 use futures_util::future::{BoxFuture, FutureExt as _, Shared, join_all};
 use lock_core::{
     AcquireOutcome, AcquireRequest, Capabilities, ExpiryClock, Fencing, FencingToken, Grant,
-    LeaseId, LeaseInfo, LeaseStore, Queued, ReleaseOutcome, RenewEntry, RenewOutcome, StoreError,
-    StoreErrorKind,
+    LeaseId, LeaseInfo, LeaseStore, LockMode, Queued, ReleaseOutcome, RenewEntry, RenewOutcome,
+    StoreError, StoreErrorKind,
 };
 use tokio::sync::Semaphore;
 
@@ -82,6 +82,7 @@ struct Inner {
     skew_override_ms: Option<u64>,
     idle_expiry_ms: Option<u64>,
     renewals: Semaphore,
+    min_ttl: Duration,
     clock: Arc<dyn WallClock>,
     /// Reads of key items in flight, by key, for waiting entries' renewals
     /// to share (see [`DynamoStore::read_shared`]).
@@ -158,6 +159,7 @@ impl DynamoStore {
                 skew_override_ms: config.max_clock_skew.map(millis_up),
                 idle_expiry_ms: config.idle_expiry.map(millis_up),
                 renewals: Semaphore::new(config.renew_concurrency),
+                min_ttl: config.min_ttl.unwrap_or(MIN_TTL).max(MIN_TTL),
                 clock: config.clock,
                 reads: Mutex::new(HashMap::new()),
                 description,
@@ -338,7 +340,8 @@ impl DynamoStore {
             .entries
             .retain(|entry| entry.lease_id != request.lease_id);
         let view = others.view(now, skew_ms);
-        if let Some(limit) = view.limit()
+        if request.mode == LockMode::Shared
+            && let Some(limit) = view.limit()
             && limit != request.limit
         {
             return Ok(Decision::Answer(AcquireOutcome::LimitMismatch { limit }));
@@ -604,14 +607,18 @@ fn new_info(request: &AcquireRequest<'_>, told: bool, ttl_ms: u64, skew_ms: u64)
     }
 }
 
-/// The waiter ttl the store applies for a requested one: half as long
-/// again, so that the renewals (and polls) of a waiting entry within the
-/// first half of that only read the key item: a renewal writes only when
-/// less than the requested ttl is left. A dead waiter holds up the queue
-/// for at most this applied ttl (plus the clock skew).
+/// The waiter ttl the store applies for a requested one: longer by half,
+/// at most by a second, so that the renewals (and polls) of a waiting entry
+/// within that extra time only read the key item: a renewal writes only
+/// when less than the requested ttl is left. A dead waiter holds up the
+/// queue for at most this applied ttl (plus the clock skew): a second more
+/// than it asked for.
 fn applied_waiter_ms(requested_ms: u64) -> u64 {
-    requested_ms.saturating_add(requested_ms / 2)
+    requested_ms.saturating_add((requested_ms / 2).min(WAITER_READ_SPAN_MS))
 }
+
+/// The longest the store stretches a waiting entry's ttl to spare writes.
+const WAITER_READ_SPAN_MS: u64 = 1000;
 
 /// What [`DynamoStore::decide`] concluded.
 enum Decision {
@@ -859,11 +866,15 @@ impl LeaseStore for DynamoStore {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::new()
-            .with_min_ttl(MIN_TTL)
+            .with_min_ttl(self.inner.min_ttl)
             .with_ttl_granularity(Duration::from_millis(1))
             .with_max_key_len(lock_core::MAX_KEY_LEN)
             .with_max_batch(MAX_BATCH)
             .with_native_wait(false)
+            // Every poll is a request (and, now and then, a write): a
+            // waiter polls at most once a second once it has waited a
+            // while.
+            .with_poll_interval(Duration::from_secs(1))
             .with_fencing(self.inner.idle_expiry_ms.is_none())
             .with_clock(ExpiryClock::Client)
     }
