@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use lock_core::{LeaseLocker, LeaseStore, LockerOptions};
 
 use crate::Settings;
-use crate::measure::{Run, median, ms, percentile};
+use crate::measure::{Run, count, median, ms, percentile};
 use crate::ours;
 use crate::report::Row;
 
@@ -66,6 +66,19 @@ pub(crate) async fn pairs<S: LeaseStore + Clone>(
             raw_rates.push(baselines.raw_pairs(tasks, ops).await.per_second);
             peer_rates.push(baselines.peer_pairs(tasks, ops).await.per_second);
         }
+        // Each round ran the four side by side: its ratios are paired.
+        let ratios = |other: &[f64]| -> Vec<f64> {
+            ours_rates
+                .iter()
+                .zip(other)
+                .map(|(ours, other)| ours / other)
+                .collect()
+        };
+        let (to_raw, to_peer, to_store) = (
+            ratios(&raw_rates),
+            ratios(&peer_rates),
+            ratios(&store_rates),
+        );
         let raw = median(&mut raw_rates);
         rows.push(Row {
             backend,
@@ -75,7 +88,13 @@ pub(crate) async fn pairs<S: LeaseStore + Clone>(
             ours: median(&mut ours_rates),
             raw: Some(raw),
             peer: Some(median(&mut peer_rates)),
-            note: baselines.pairs_note().into(),
+            note: format!(
+                "{}; per round (min / median / max of {} rounds): dlock / raw {}, dlock / peer {}",
+                baselines.pairs_note(),
+                settings.reps,
+                spread(to_raw),
+                spread(to_peer)
+            ),
         });
         rows.push(Row {
             backend,
@@ -85,7 +104,10 @@ pub(crate) async fn pairs<S: LeaseStore + Clone>(
             ours: median(&mut store_rates),
             raw: Some(raw),
             peer: None,
-            note: "the store's acquire and release calls alone: the locker's share is the difference to the row above".into(),
+            note: format!(
+                "the store's acquire and release calls alone: the locker's share is the difference to the row above; dlock / store alone per round {}",
+                spread(to_store)
+            ),
         });
         rows.push(Row {
             backend,
@@ -100,7 +122,7 @@ pub(crate) async fn pairs<S: LeaseStore + Clone>(
     }
 }
 
-/// Scenarios 2, 3 and 4.
+/// Scenarios 2, 3, 4 and 6.
 pub(crate) async fn the_rest<S: LeaseStore + Clone>(
     backend: &'static str,
     store: &S,
@@ -127,6 +149,7 @@ pub(crate) async fn the_rest<S: LeaseStore + Clone>(
 
     let rounds = settings.rounds(25);
     let mut ours_handoff = ours::handoff(lockers(store, 8), rounds).await;
+    let handoff_p50 = percentile(&mut ours_handoff, 50);
     let mut peer_handoff = baselines.peer_handoff(8, rounds).await;
     rows.push(Row {
         backend,
@@ -158,4 +181,127 @@ pub(crate) async fn the_rest<S: LeaseStore + Clone>(
         peer: Some(peer_grants),
         note: format!("peer: {}", baselines.peer_note()),
     });
+
+    fairness(backend, store, settings, Some(handoff_p50), rows).await;
+    kinds(backend, store, settings, rows).await;
+}
+
+/// Scenario 6, fairness: 8 tasks on 2 lockers, hold 2 ms, one key.
+/// `handoff_p50` is scenario 3's, measured here when `None`.
+pub(crate) async fn fairness<S: LeaseStore + Clone>(
+    backend: &'static str,
+    store: &S,
+    settings: &Settings,
+    handoff_p50: Option<Duration>,
+    rows: &mut Vec<Row>,
+) {
+    // 8 tasks on 2 lockers, hold 2 ms, one key (the fairness targets:
+    // longest wait at most 3 x 8 x (hold + handoff p50), Jain >= 0.95, no
+    // grant straight back to the releasing task while others wait).
+    let hold = Duration::from_millis(2);
+    let handoff_p50 = match handoff_p50 {
+        Some(p50) => p50,
+        None => {
+            let mut handoff = ours::handoff(lockers(store, 8), settings.rounds(25)).await;
+            percentile(&mut handoff, 50)
+        }
+    };
+    let length = settings.length();
+    let fair = ours::fairness(lockers(store, 2), 8, hold, length).await;
+    let bound = (hold + handoff_p50) * 24;
+    let scenario = "6. Fairness: 8 tasks on 2 lockers, hold 2 ms, one key";
+    let row = |metric: &str, higher_is_better: bool, ours: f64, note: String| Row {
+        backend,
+        scenario,
+        metric: metric.into(),
+        higher_is_better,
+        ours,
+        raw: None,
+        peer: None,
+        note,
+    };
+    rows.push(row(
+        "grants/s",
+        true,
+        fair.grants_per_second,
+        format!("{} grants in {:.0} s", fair.grants, length.as_secs_f64()),
+    ));
+    rows.push(row(
+        "longest wait, ms",
+        false,
+        ms(fair.longest_wait),
+        format!(
+            "target at most 3 x 8 x (hold + handoff p50) = {:.1} ms",
+            ms(bound)
+        ),
+    ));
+    rows.push(row(
+        "Jain's index over tasks",
+        true,
+        fair.jain,
+        "target >= 0.95".into(),
+    ));
+    rows.push(row(
+        "grants straight back to the releasing task while others waited",
+        false,
+        count(fair.straight_back),
+        "target 0".into(),
+    ));
+}
+
+/// Scenarios 7 and 8: a semaphore and a reader-heavy reader-writer lock.
+pub(crate) async fn kinds<S: LeaseStore + Clone>(
+    backend: &'static str,
+    store: &S,
+    settings: &Settings,
+    rows: &mut Vec<Row>,
+) {
+    let length = settings.length();
+    let grants = ours::semaphore(lockers(store, 4), 16, 3, length).await;
+    rows.push(Row {
+        backend,
+        scenario: "7. Semaphore of 3 permits, 16 tasks on 4 lockers",
+        metric: "acquire+release/s".into(),
+        higher_is_better: true,
+        ours: grants,
+        raw: None,
+        peer: None,
+        note: "each task loops acquire / release, fair among all".into(),
+    });
+    let hold = Duration::from_millis(2);
+    let rw = ours::reader_heavy(lockers(store, 4), 16, hold, length).await;
+    let scenario = "8. Reader-heavy: 16 readers and 1 writer on 4 lockers, hold 2 ms";
+    let note = "a waiting writer keeps later readers out: it is never starved";
+    for (metric, higher_is_better, ours) in [
+        ("reads/s", true, rw.reads_per_second),
+        ("writes/s", true, rw.writes_per_second),
+        (
+            "writer's longest wait, ms",
+            false,
+            ms(rw.longest_write_wait),
+        ),
+    ] {
+        rows.push(Row {
+            backend,
+            scenario,
+            metric: metric.into(),
+            higher_is_better,
+            ours,
+            raw: None,
+            peer: None,
+            note: note.into(),
+        });
+    }
+}
+
+/// "min / median / max" of per-round ratios.
+pub(crate) fn spread(mut values: Vec<f64>) -> String {
+    values.sort_by(f64::total_cmp);
+    match (values.first(), values.last()) {
+        (Some(min), Some(max)) => {
+            let (min, max) = (*min, *max);
+            format!("{min:.2} / {:.2} / {max:.2}", median(&mut values))
+        }
+        _ => "-".into(),
+    }
 }

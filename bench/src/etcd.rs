@@ -1,6 +1,7 @@
 //! etcd: dlock's EtcdStore against the same two transactions raw through
 //! the same client crate, and against etcd's own lock service (the
-//! `Lock`/`Unlock` API, on one kept lease).
+//! `Lock`/`Unlock` API, each task on a kept lease of its own: tasks sharing
+//! a lease would share the lock's key and never exclude each other).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,26 +38,42 @@ pub(crate) async fn run(
         .await
         .map_err(|e| e.to_string())?;
     versions.push(format!("etcd {}", status.version()));
-    let lease = client
-        .lease_client()
-        .grant(600, None)
-        .await
-        .map_err(|e| e.to_string())?
-        .id();
+    let mut leases = Vec::with_capacity(MAX_TASKS);
+    for _ in 0..MAX_TASKS {
+        let lease = client
+            .lease_client()
+            .grant(600, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        leases.push(lease.id());
+    }
     let baselines = Etcd {
         client: client.clone(),
-        lease,
+        leases: leases.clone(),
     };
     driver::pairs(BACKEND, &store, &baselines, settings, [600, 2400], rows).await;
     driver::the_rest(BACKEND, &store, &baselines, settings, rows).await;
-    let _ = client.lease_client().revoke(lease).await;
+    for lease in leases {
+        let _ = client.lease_client().revoke(lease).await;
+    }
     Ok(())
 }
 
-/// Raw transactions and etcd's lock service, on one kept lease.
+/// The most tasks a scenario runs (each needs a lease of its own).
+const MAX_TASKS: usize = 16;
+
+/// Raw transactions and etcd's lock service, a kept lease per task.
 struct Etcd {
     client: Client,
-    lease: i64,
+    leases: Vec<i64>,
+}
+
+impl Etcd {
+    /// The leases of `tasks` tasks, one each.
+    fn leases(&self, tasks: usize) -> Arc<[i64]> {
+        assert!(tasks <= self.leases.len(), "more tasks than leases");
+        self.leases[..tasks].into()
+    }
 }
 
 #[async_trait]
@@ -74,26 +91,27 @@ impl Baselines for Etcd {
     }
 
     async fn raw_pairs(&self, tasks: usize, ops: usize) -> Run {
-        raw_pairs(&self.client, self.lease, tasks, ops).await
+        raw_pairs(&self.client, self.leases(tasks), tasks, ops).await
     }
 
     async fn peer_pairs(&self, tasks: usize, ops: usize) -> Run {
-        api_pairs(&self.client, self.lease, tasks, ops).await
+        api_pairs(&self.client, self.leases(tasks), tasks, ops).await
     }
 
     async fn peer_handoff(&self, waiters: usize, rounds: usize) -> Vec<Duration> {
-        api_handoff(&self.client, self.lease, waiters, rounds).await
+        api_handoff(&self.client, self.leases(waiters), rounds).await
     }
 
     async fn peer_contended(&self, tasks: usize, length: Duration) -> f64 {
-        api_contended(&self.client, self.lease, tasks, length).await
+        api_contended(&self.client, self.leases(tasks), length).await
     }
 }
 
-async fn raw_pairs(client: &Client, lease: i64, tasks: usize, ops: usize) -> Run {
+async fn raw_pairs(client: &Client, leases: Arc<[i64]>, tasks: usize, ops: usize) -> Run {
     let client = client.clone();
     throughput(tasks, ops, move |task| {
         let mut kv = client.kv_client();
+        let lease = leases[task];
         async move {
             let key = format!("bench/raw/{task}");
             let acquire = Txn::new()
@@ -114,10 +132,11 @@ async fn raw_pairs(client: &Client, lease: i64, tasks: usize, ops: usize) -> Run
     .await
 }
 
-async fn api_pairs(client: &Client, lease: i64, tasks: usize, ops: usize) -> Run {
+async fn api_pairs(client: &Client, leases: Arc<[i64]>, tasks: usize, ops: usize) -> Run {
     let client = client.clone();
     throughput(tasks, ops, move |task| {
         let mut locks = client.lock_client();
+        let lease = leases[task];
         async move {
             let name = format!("bench/api/{task}");
             let held = locks
@@ -130,11 +149,12 @@ async fn api_pairs(client: &Client, lease: i64, tasks: usize, ops: usize) -> Run
     .await
 }
 
-async fn api_handoff(client: &Client, lease: i64, waiters: usize, rounds: usize) -> Vec<Duration> {
+async fn api_handoff(client: &Client, leases: Arc<[i64]>, rounds: usize) -> Vec<Duration> {
     let last_release: Arc<Mutex<Option<Instant>>> = Arc::default();
     let samples: Arc<Mutex<Vec<Duration>>> = Arc::default();
-    let tasks: Vec<_> = (0..waiters)
-        .map(|_| {
+    let tasks: Vec<_> = leases
+        .iter()
+        .map(|&lease| {
             let (mut locks, last_release, samples) =
                 (client.lock_client(), last_release.clone(), samples.clone());
             tokio::spawn(async move {
@@ -166,12 +186,13 @@ async fn api_handoff(client: &Client, lease: i64, waiters: usize, rounds: usize)
     samples.lock().expect("lock").clone()
 }
 
-async fn api_contended(client: &Client, lease: i64, tasks: usize, length: Duration) -> f64 {
+async fn api_contended(client: &Client, leases: Arc<[i64]>, length: Duration) -> f64 {
     let grants = Arc::new(AtomicUsize::new(0));
     let stop = Instant::now() + length;
     let start = Instant::now();
-    let handles: Vec<_> = (0..tasks)
-        .map(|_| {
+    let handles: Vec<_> = leases
+        .iter()
+        .map(|&lease| {
             let (mut locks, grants) = (client.lock_client(), grants.clone());
             tokio::spawn(async move {
                 while Instant::now() < stop {

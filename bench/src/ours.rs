@@ -193,3 +193,181 @@ pub(crate) async fn contended<S: LeaseStore>(
     }
     count(grants.load(Ordering::Relaxed)) / start.elapsed().as_secs_f64()
 }
+
+/// What the fairness scenario saw.
+pub(crate) struct Fairness {
+    pub(crate) grants_per_second: f64,
+    /// The longest a single `lock()` call waited.
+    pub(crate) longest_wait: Duration,
+    /// Jain's index over the tasks' grant counts: 1 when all got as many.
+    pub(crate) jain: f64,
+    /// Grants to the task that had just released, while others waited.
+    pub(crate) straight_back: usize,
+    pub(crate) grants: usize,
+}
+
+/// Who is in line, and who released last.
+#[derive(Default)]
+struct Line {
+    waiting: Vec<usize>,
+    last_releaser: Option<usize>,
+}
+
+/// Scenario 5: `tasks` tasks spread over `lockers`, each looping lock /
+/// hold `hold` / unlock on one key for `length`.
+pub(crate) async fn fairness<S: LeaseStore>(
+    lockers: Vec<LeaseLocker<S>>,
+    tasks: usize,
+    hold: Duration,
+    length: Duration,
+) -> Fairness {
+    let key = format!("bench-fairness-{}", LeaseId::random());
+    let line: Arc<Mutex<Line>> = Arc::default();
+    let stop = Instant::now() + length;
+    let start = Instant::now();
+    let handles: Vec<_> = (0..tasks)
+        .map(|task| {
+            let locker = lockers[task % lockers.len()].clone();
+            let (key, line) = (key.clone(), line.clone());
+            tokio::spawn(async move {
+                let (mut grants, mut longest, mut straight_back) = (0usize, Duration::ZERO, 0);
+                while Instant::now() < stop {
+                    line.lock().expect("line").waiting.push(task);
+                    let asked = Instant::now();
+                    let guard = locker
+                        .lock(&key, Duration::from_secs(60))
+                        .await
+                        .expect("fair acquire");
+                    longest = longest.max(asked.elapsed());
+                    grants += 1;
+                    {
+                        let mut line = line.lock().expect("line");
+                        line.waiting.retain(|&waiter| waiter != task);
+                        if line.last_releaser == Some(task) && !line.waiting.is_empty() {
+                            straight_back += 1;
+                        }
+                    }
+                    tokio::time::sleep(hold).await;
+                    line.lock().expect("line").last_releaser = Some(task);
+                    guard.unlock().await.expect("fair release");
+                }
+                (grants, longest, straight_back)
+            })
+        })
+        .collect();
+    let mut counts = Vec::with_capacity(tasks);
+    let (mut longest_wait, mut straight_back, mut total) = (Duration::ZERO, 0, 0);
+    for handle in handles {
+        let (grants, longest, back) = handle.await.expect("fairness task");
+        counts.push(count(grants));
+        total += grants;
+        longest_wait = longest_wait.max(longest);
+        straight_back += back;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let (sum, squares): (f64, f64) = (counts.iter().sum(), counts.iter().map(|c| c * c).sum());
+    Fairness {
+        grants_per_second: sum / elapsed,
+        longest_wait,
+        jain: if squares > 0.0 {
+            sum * sum / (count(tasks) * squares)
+        } else {
+            0.0
+        },
+        straight_back,
+        grants: total,
+    }
+}
+
+/// Scenario 7: `tasks` tasks spread over `lockers`, each looping acquire /
+/// release of one permit of a semaphore of `permits` for `length`;
+/// returns grants per second.
+pub(crate) async fn semaphore<S: LeaseStore>(
+    lockers: Vec<LeaseLocker<S>>,
+    tasks: usize,
+    permits: u32,
+    length: Duration,
+) -> f64 {
+    let id = format!("bench-semaphore-{}", LeaseId::random());
+    let grants = Arc::new(AtomicUsize::new(0));
+    let stop = Instant::now() + length;
+    let start = Instant::now();
+    let handles: Vec<_> = (0..tasks)
+        .map(|task| {
+            let locker = lockers[task % lockers.len()].clone();
+            let (id, grants) = (id.clone(), grants.clone());
+            tokio::spawn(async move {
+                let semaphore = lock_core::Semaphore::new(&locker, id, permits);
+                while Instant::now() < stop {
+                    let permit = semaphore
+                        .acquire(Duration::from_secs(60))
+                        .await
+                        .expect("permit");
+                    grants.fetch_add(1, Ordering::Relaxed);
+                    permit.unlock().await.expect("permit release");
+                }
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.await.expect("semaphore task");
+    }
+    count(grants.load(Ordering::Relaxed)) / start.elapsed().as_secs_f64()
+}
+
+/// What the reader-heavy scenario saw.
+pub(crate) struct ReaderHeavy {
+    pub(crate) reads_per_second: f64,
+    pub(crate) writes_per_second: f64,
+    /// The longest the writer waited for one write.
+    pub(crate) longest_write_wait: Duration,
+}
+
+/// Scenario 8: `readers` reader tasks and one writer on one reader-writer
+/// lock, spread over `lockers`, each holding `hold` per grant, for
+/// `length`.
+pub(crate) async fn reader_heavy<S: LeaseStore>(
+    lockers: Vec<LeaseLocker<S>>,
+    readers: usize,
+    hold: Duration,
+    length: Duration,
+) -> ReaderHeavy {
+    let id = format!("bench-rw-{}", LeaseId::random());
+    let (reads, writes) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let stop = Instant::now() + length;
+    let start = Instant::now();
+    let spawn = |task: usize, write: bool| {
+        let locker = lockers[task % lockers.len()].clone();
+        let (id, grants) = (id.clone(), if write { &writes } else { &reads }.clone());
+        tokio::spawn(async move {
+            let lock = lock_core::RwLock::new(&locker, id);
+            let mut longest = Duration::ZERO;
+            while Instant::now() < stop {
+                let asked = Instant::now();
+                let guard = if write {
+                    lock.write(Duration::from_secs(60)).await
+                } else {
+                    lock.read(Duration::from_secs(60)).await
+                }
+                .expect("reader-writer grant");
+                longest = longest.max(asked.elapsed());
+                grants.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(hold).await;
+                guard.unlock().await.expect("reader-writer release");
+            }
+            longest
+        })
+    };
+    let writer = spawn(0, true);
+    let handles: Vec<_> = (1..=readers).map(|task| spawn(task, false)).collect();
+    for handle in handles {
+        handle.await.expect("reader task");
+    }
+    let longest_write_wait = writer.await.expect("writer task");
+    let elapsed = start.elapsed().as_secs_f64();
+    ReaderHeavy {
+        reads_per_second: count(reads.load(Ordering::Relaxed)) / elapsed,
+        writes_per_second: count(writes.load(Ordering::Relaxed)) / elapsed,
+        longest_write_wait,
+    }
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use conformance_tests::fault_proxy::{FaultMode, FaultProxy};
 use conformance_tests::harness::{
-    EtcdCluster, EtcdServer, PostgresServer, RedisCluster, RedisServer,
+    EtcdCluster, EtcdServer, MotoServer, PostgresServer, RedisCluster, RedisServer,
 };
 use rand::Rng;
 use rand::rngs::StdRng;
@@ -15,14 +15,19 @@ use crate::LEASE;
 use crate::clock::{nanos, now_ns};
 
 /// The backends `dlock-chaos` knows, in the order it runs them.
-pub(crate) const BACKENDS: [&str; 6] = [
+pub(crate) const BACKENDS: [&str; 7] = [
     "sqlite",
     "postgres",
     "redis",
     "redis-cluster",
     "etcd",
     "etcd-cluster",
+    "dynamodb",
 ];
+
+/// The clock skew the DynamoDB run allows between its clients: they all
+/// read one machine's clock.
+pub(crate) const DYNAMODB_SKEW: Duration = Duration::from_millis(250);
 
 enum Server {
     /// SQLite: a file, nothing to hurt but the workers.
@@ -35,6 +40,9 @@ enum Server {
     Etcd(EtcdServer),
     /// Three members, each behind its own proxy.
     EtcdCluster(EtcdCluster),
+    /// moto serving DynamoDB's protocol, behind a proxy. No restarts:
+    /// moto keeps its tables in memory, DynamoDB does not lose data.
+    Moto(MotoServer),
 }
 
 /// A running store to lock through.
@@ -122,6 +130,22 @@ impl Target {
                     url: format!("etcd://{}", endpoints.join(",")),
                 }
             }
+            "dynamodb" => {
+                let server = MotoServer::start().await.map_err(text)?;
+                let proxy = FaultProxy::start(server.addr()).await.map_err(text)?;
+                let endpoint = server.endpoint_via(proxy.listen_addr());
+                // moto takes any key; a real table's would come from the
+                // standard AWS chain.
+                let url = format!(
+                    "dynamodb://AKIDDLOCKCHAOS:chaos-secret@dlock_chaos?region=us-east-1&endpoint={endpoint}&create_table=true&max_clock_skew={}ms",
+                    DYNAMODB_SKEW.as_millis()
+                );
+                Target {
+                    server: Server::Moto(server),
+                    proxies: vec![proxy],
+                    url,
+                }
+            }
             other => {
                 return Err(format!(
                     "unknown backend {other:?}; known: {}",
@@ -143,6 +167,7 @@ impl Target {
             Server::Postgres(_) | Server::Redis(_) | Server::Etcd(_) => kinds.push("restart"),
             Server::RedisCluster(_) => kinds.extend(["restart-node", "pause-node"]),
             Server::EtcdCluster(_) => kinds.extend(["kill-leader", "kill-member", "pause-member"]),
+            Server::Moto(_) => kinds.push("pause-server"),
         }
         kinds
     }
@@ -263,6 +288,16 @@ impl Target {
                 cluster.kill(member).map_err(text)?;
                 tokio::time::sleep(down).await;
                 cluster.restart(member).await.map_err(text)?;
+                Ok(None)
+            }
+            "pause-server" => {
+                let Server::Moto(server) = &mut self.server else {
+                    return Err(format!("no {kind} for this backend"));
+                };
+                let hold = pause(rng, 300, 2500);
+                server.pause().map_err(text)?;
+                tokio::time::sleep(hold).await;
+                server.resume().map_err(text)?;
                 Ok(None)
             }
             other => Err(format!("unknown fault {other:?}")),

@@ -380,10 +380,10 @@ impl RefusingServers {
         if let Some(server) = &self.etcd {
             let authority = server.addr().unwrap().to_string();
             for url in Family::Etcd.urls("etcd", "root", &authority, "", "") {
-                // lock-etcd reports etcd's refusal (gRPC InvalidArgument) as
-                // an invalid request, which the program takes for a usage
-                // error.
-                cases.extend(both(&url, &[], 64));
+                // etcd refuses with gRPC InvalidArgument ("authentication
+                // failed"), which lock-etcd reports as refused credentials,
+                // as the other backends do.
+                cases.extend(both(&url, &[], 69));
             }
         }
     }

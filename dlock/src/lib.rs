@@ -3,7 +3,7 @@
 //! This crate re-exports everything of [`lock_core`] (the [`url`] module
 //! included: where secrets hide in connection URLs, and how they are kept
 //! out of messages), each backend crate behind its cargo feature
-//! ([`sqlite`], [`postgres`], [`redis`], [`etcd`]), and adds [`open`] and
+//! ([`sqlite`], [`postgres`], [`redis`], [`etcd`], [`dynamodb`]), and adds [`open`] and
 //! [`open_store`], which pick a backend by the URL's scheme, and
 //! [`Opener`] for the settings a URL does not carry:
 //!
@@ -14,6 +14,7 @@
 //! | `redis://[user:pass@]host:port[/db]`, `rediss://` (TLS) | `lock_redis::RedisStore`, one server | `redis` |
 //! | `redis+cluster://host:port,host:port`, `rediss+cluster://` | `lock_redis::RedisStore`, a Redis Cluster | `redis` |
 //! | `etcd://[user:pass@]host:port[,host:port...][/namespace]`, `etcds://` (TLS) | `lock_etcd::EtcdStore` | `etcd` |
+//! | `dynamodb://TABLE?region=R[&endpoint=URL][&create_table=true]` | `lock_dynamodb::DynamoStore`; expiry by the clients' clocks within `max_clock_skew` | `dynamodb` |
 //! | `memory:` | [`MemoryStore`], this process only | always |
 //!
 //! Opening waits at most the connect timeout for the backend (by default
@@ -59,6 +60,9 @@ use std::time::Duration;
 
 pub use lock_core::*;
 
+/// The DynamoDB backend: the `lock-dynamodb` crate.
+#[cfg(feature = "dynamodb")]
+pub use lock_dynamodb as dynamodb;
 /// The etcd backend: the `lock-etcd` crate.
 #[cfg(feature = "etcd")]
 pub use lock_etcd as etcd;
@@ -104,6 +108,8 @@ pub enum Backend {
     Redis,
     /// `etcd://`, `etcds://`
     Etcd,
+    /// `dynamodb://TABLE`
+    DynamoDb,
 }
 
 impl Backend {
@@ -115,6 +121,7 @@ impl Backend {
             Self::Postgres => Some("postgres"),
             Self::Redis => Some("redis"),
             Self::Etcd => Some("etcd"),
+            Self::DynamoDb => Some("dynamodb"),
         }
     }
 
@@ -126,6 +133,7 @@ impl Backend {
             Self::Postgres => cfg!(feature = "postgres"),
             Self::Redis => cfg!(feature = "redis"),
             Self::Etcd => cfg!(feature = "etcd"),
+            Self::DynamoDb => cfg!(feature = "dynamodb"),
         }
     }
 
@@ -158,6 +166,7 @@ impl Backend {
                 Ok(Self::Redis)
             }
             "etcd" | "etcds" => Ok(Self::Etcd),
+            "dynamodb" => Ok(Self::DynamoDb),
             other => Err(OpenError::UnknownScheme {
                 scheme: other.to_owned(),
             }),
@@ -180,6 +189,7 @@ impl fmt::Display for Backend {
             Self::Postgres => "postgres",
             Self::Redis => "redis",
             Self::Etcd => "etcd",
+            Self::DynamoDb => "dynamodb",
         })
     }
 }
@@ -191,7 +201,7 @@ impl fmt::Display for Backend {
 pub enum OpenError {
     /// The URL's scheme names no backend.
     #[error(
-        "unknown backend scheme {scheme:?}: use sqlite:PATH, postgres://..., redis://..., redis+cluster://..., etcd://..., or memory:"
+        "unknown backend scheme {scheme:?}: use sqlite:PATH, postgres://..., redis://..., redis+cluster://..., etcd://..., dynamodb://TABLE, or memory:"
     )]
     UnknownScheme {
         /// The scheme found.
@@ -240,6 +250,11 @@ pub enum OpenError {
 /// message names the feature), an invalid URL, an unreachable backend or
 /// refused credentials (with the cause), or options the backend does not
 /// accept. Passwords never appear in errors.
+///
+/// # Cancel safety
+///
+/// Cancel-safe as the backend's own connect: dropping the future closes what it
+/// opened, and nothing is locked yet.
 pub async fn open(url: &str, options: LockerOptions) -> Result<Arc<dyn Locker>, OpenError> {
     Opener::new(url).open(options).await
 }
@@ -251,6 +266,11 @@ pub async fn open(url: &str, options: LockerOptions) -> Result<Arc<dyn Locker>, 
 /// # Errors
 ///
 /// As [`open`], but for the options.
+///
+/// # Cancel safety
+///
+/// Cancel-safe as the backend's own connect: dropping the future closes what it
+/// opened, and nothing is locked yet.
 pub async fn open_store(url: &str) -> Result<Arc<dyn LeaseStore>, OpenError> {
     Opener::new(url).open_store().await
 }
@@ -337,6 +357,11 @@ impl Opener {
     /// # Errors
     ///
     /// As [`open`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe as the backend's own connect: dropping the future closes
+    /// what it opened, and nothing is locked yet.
     pub async fn open(&self, options: LockerOptions) -> Result<Arc<dyn Locker>, OpenError> {
         let timeout = self.connect_timeout.unwrap_or(options.store_timeout());
         self.connect(timeout).await?.into_locker(options)
@@ -347,13 +372,23 @@ impl Opener {
     /// # Errors
     ///
     /// As [`open_store`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe as the backend's own connect: dropping the future closes
+    /// what it opened, and nothing is locked yet.
     pub async fn open_store(&self) -> Result<Arc<dyn LeaseStore>, OpenError> {
         let timeout = self.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
         Ok(self.connect(timeout).await?.into_shared())
     }
 
     #[cfg_attr(
-        not(any(feature = "postgres", feature = "redis", feature = "etcd")),
+        not(any(
+            feature = "postgres",
+            feature = "redis",
+            feature = "etcd",
+            feature = "dynamodb"
+        )),
         allow(unused_variables)
     )]
     async fn connect(&self, connect_timeout: Duration) -> Result<Opened, OpenError> {
@@ -424,6 +459,11 @@ impl Opener {
                 let store = lock_etcd::EtcdStore::connect_with(config).await;
                 Opened::Etcd(store.map_err(|e| store_error(backend, url, e))?)
             }
+            #[cfg(feature = "dynamodb")]
+            Backend::DynamoDb => {
+                let store = lock_dynamodb::DynamoStore::connect(url).await;
+                Opened::DynamoDb(store.map_err(|e| store_error(backend, url, e))?)
+            }
             #[allow(unreachable_patterns)]
             _ => {
                 return Err(OpenError::FeatureDisabled {
@@ -448,6 +488,8 @@ enum Opened {
     Redis(lock_redis::RedisStore),
     #[cfg(feature = "etcd")]
     Etcd(lock_etcd::EtcdStore),
+    #[cfg(feature = "dynamodb")]
+    DynamoDb(lock_dynamodb::DynamoStore),
 }
 
 impl Opened {
@@ -468,6 +510,8 @@ impl Opened {
             Self::Redis(store) => locker(store, options),
             #[cfg(feature = "etcd")]
             Self::Etcd(store) => locker(store, options),
+            #[cfg(feature = "dynamodb")]
+            Self::DynamoDb(store) => locker(store, options),
         }
     }
 
@@ -482,6 +526,8 @@ impl Opened {
             Self::Redis(store) => Arc::new(store),
             #[cfg(feature = "etcd")]
             Self::Etcd(store) => Arc::new(store),
+            #[cfg(feature = "dynamodb")]
+            Self::DynamoDb(store) => Arc::new(store),
         }
     }
 }
@@ -494,7 +540,8 @@ impl Opened {
         feature = "sqlite",
         feature = "postgres",
         feature = "redis",
-        feature = "etcd"
+        feature = "etcd",
+        feature = "dynamodb"
     )),
     allow(dead_code)
 )]

@@ -8,7 +8,8 @@
         feature = "sqlite",
         feature = "postgres",
         feature = "redis",
-        feature = "etcd"
+        feature = "etcd",
+        feature = "dynamodb"
     )),
     allow(unused_imports, dead_code)
 )]
@@ -311,5 +312,37 @@ mod etcd {
                 .unwrap_err();
             assert_error_hidden(&url, &error);
         }
+    }
+}
+
+#[cfg(feature = "dynamodb")]
+mod dynamodb {
+    use conformance_tests::harness::{or_skip, shared_moto};
+
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_opened_by_url_locks_and_never_shows_the_secret_key() {
+        let Some(server) = or_skip(shared_moto().await) else {
+            return;
+        };
+        let url = format!(
+            "dynamodb://AKIDOPEN:{SECRET}@dlock_open?region=us-east-1&endpoint={}&create_table=true",
+            server.endpoint()
+        );
+        let store = dlock::dynamodb::DynamoStore::connect(&url).await.unwrap();
+        assert_debug_hidden(&url, &store);
+        let locker = dlock::open(&url, LockerOptions::default()).await.unwrap();
+        let first = locker.try_lock("job").await.unwrap();
+        let token = first.fencing_token().cloned().unwrap();
+        first.unlock().await.unwrap();
+        let second = locker.try_lock("job").await.unwrap();
+        assert!(second.fencing_token().cloned().unwrap() > token);
+        second.unlock().await.unwrap();
+        locker.close().await.unwrap();
+
+        let bad = format!("dynamodb://AKIDOPEN:{SECRET}@dlock_open?region=us-east-1&colour=blue");
+        let error = dlock::open_store(&bad).await.map(|_| ()).unwrap_err();
+        assert_error_hidden(&bad, &error);
     }
 }

@@ -113,6 +113,7 @@
 #![forbid(unsafe_code)]
 
 mod calls;
+mod capabilities;
 mod clock;
 mod core;
 mod error;
@@ -135,13 +136,14 @@ mod waiter;
 /// The attribute that implements [`LeaseStore`] (and the other async
 /// traits): a store needs no dependency beyond this crate.
 pub use async_trait::async_trait;
+pub use capabilities::{Capabilities, ExpiryClock};
 pub use error::{LockError, StoreError, StoreErrorKind};
 pub use guard::{Lock, LockGuard, Warnings};
 pub use kind::{LockKind, RwLock, Semaphore};
 pub use lease::{
-    AcquireOutcome, AcquireRequest, Capabilities, DEFAULT_MAX_CLOCK_SKEW, ExpiryClock, Fencing,
-    Grant, Holder, LeaseId, LeaseInfo, LockMode, ParseLeaseIdError, Queued, ReleaseOutcome,
-    RenewEntry, RenewOutcome, WaitOutcome,
+    AcquireOutcome, AcquireRequest, DEFAULT_MAX_CLOCK_SKEW, Fencing, Grant, Holder, LeaseId,
+    LeaseInfo, LockMode, ParseLeaseIdError, Queued, ReleaseOutcome, RenewEntry, RenewOutcome,
+    WaitOutcome,
 };
 pub use locker::{LeaseLocker, Locker};
 pub use memory::MemoryStore;

@@ -32,6 +32,15 @@ use crate::item::{
 };
 use crate::table;
 
+mod client;
+mod decide;
+mod read;
+mod update;
+
+use client::build_client;
+use decide::{Decision, Written, applied_waiter_ms};
+use update::Update;
+
 /// An item as the SDK gives it.
 type Item = HashMap<String, AttributeValue>;
 
@@ -112,6 +121,12 @@ impl DynamoStore {
     /// # Errors
     ///
     /// As [`DynamoConfig::from_url`] and [`connect_with`](Self::connect_with).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: dropping the future drops the client it was building. A
+    /// table creation asked for (`create_table=true`) goes on in DynamoDB;
+    /// connecting again waits for it.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         Self::connect_with(DynamoConfig::from_url(url)?).await
     }
@@ -127,6 +142,12 @@ impl DynamoStore {
     /// (naming the fix), a table with another key schema, or an idle expiry
     /// under an hour; [`StoreErrorKind::Auth`] when the credentials are
     /// refused; a retryable kind when DynamoDB cannot be reached.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: dropping the future drops the client it was building. A
+    /// table creation asked for goes on in DynamoDB; connecting again waits for
+    /// it.
     pub async fn connect_with(config: DynamoConfig) -> Result<Self, StoreError> {
         table::check_name(&config.table)?;
         if let Some(idle) = config.idle_expiry
@@ -247,198 +268,6 @@ impl DynamoStore {
             }
             Err(error) => Err(store_error(operation, &self.inner.context, error).with_key(key)),
         }
-    }
-
-    /// The first attempt of every acquisition: grant on a key with no
-    /// entries, bumping the counter, in one conditional write.
-    fn fast_grant(&self, request: &AcquireRequest<'_>, now: u64, skew_ms: u64) -> Update {
-        let ttl_ms = millis_up(request.ttl);
-        let mut update = Update::default();
-        let fence = update.name(FENCE);
-        let zero = update.value(number(0));
-        let one = update.value(number(1));
-        let next = format!("if_not_exists({fence}, {zero}) + {one}");
-        update.set(fence.clone(), next.clone());
-        let count = update.name(COUNT);
-        update.set(count.clone(), one.clone());
-        update.set_value(
-            &entry_attribute(request.lease_id),
-            new_info(request, true, ttl_ms, skew_ms).value(),
-        );
-        let seq = update.name(&seq_attribute(request.lease_id));
-        update.set(seq, next);
-        update.set_value(
-            &expiry_attribute(request.lease_id),
-            number(now.saturating_add(ttl_ms)),
-        );
-        if let Some(at) = self.idle_expiry_at(now) {
-            update.set_value(IDLE_EXPIRY, number(at));
-        }
-        update.condition(format!("attribute_not_exists({count}) OR {count} = {zero}"));
-        update
-    }
-
-    /// Checks what idle expiry allows.
-    fn check_request(&self, request: &AcquireRequest<'_>, skew_ms: u64) -> Result<(), StoreError> {
-        let Some(idle_ms) = self.inner.idle_expiry_ms else {
-            return Ok(());
-        };
-        if request.fencing.is_enabled() {
-            return Err(StoreError::new(
-                StoreErrorKind::Invalid,
-                "this store expires idle keys (idle_expiry), which forgets their fencing counters: it mints no fencing tokens; turn fencing off (LockerOptions fencing(false)) or idle expiry off",
-            )
-            .with_key(request.key));
-        }
-        let longest = millis_up(request.ttl.max(request.queue.unwrap_or_default()));
-        if longest.saturating_add(skew_ms.saturating_mul(2)) > idle_ms {
-            return Err(StoreError::new(
-                StoreErrorKind::Invalid,
-                format!(
-                    "a ttl of {longest} ms plus twice the clock skew ({skew_ms} ms) does not fit in the idle expiry ({idle_ms} ms): the key item could expire under a live lease; lengthen idle_expiry"
-                ),
-            )
-            .with_key(request.key));
-        }
-        Ok(())
-    }
-
-    /// What an acquisition does given the key item: answer without a write,
-    /// or write `plan`.
-    fn decide(
-        &self,
-        request: &AcquireRequest<'_>,
-        state: &KeyState,
-        now: u64,
-        skew_ms: u64,
-    ) -> Result<Decision, StoreError> {
-        let ttl_ms = millis_up(request.ttl);
-        // An earlier attempt with this lease id may have been applied (its
-        // reply lost): answer that entry.
-        let own = state.find(request.lease_id);
-        if let Some(entry) = own.filter(|entry| entry.expires_at > now) {
-            let view = state.view(now, skew_ms);
-            return Ok(if view.holds(request.lease_id) == Some(true) {
-                Decision::Refresh {
-                    seq: entry.seq,
-                    info: entry.info(true, ttl_ms),
-                    expired_ahead: view
-                        .expired_before(entry.seq)
-                        .map(|ahead| (ahead.lease_id, ahead.expires_at))
-                        .collect(),
-                }
-            } else {
-                // It waits: it lives this long yet.
-                let left = Duration::from_millis(entry.expires_at - now);
-                Decision::Answer(AcquireOutcome::Queued(Queued::new(left)))
-            });
-        }
-        // An own entry that is over by this client's clock is dead: it is
-        // replaced below.
-        let mut others = state.clone();
-        others
-            .entries
-            .retain(|entry| entry.lease_id != request.lease_id);
-        let view = others.view(now, skew_ms);
-        if request.mode == LockMode::Shared
-            && let Some(limit) = view.limit()
-            && limit != request.limit
-        {
-            return Ok(Decision::Answer(AcquireOutcome::LimitMismatch { limit }));
-        }
-        let holds = view.would_hold(request.mode, request.limit);
-        let (expires_at, entry_ttl_ms) = match (holds, request.queue) {
-            (true, _) => (now.saturating_add(ttl_ms), ttl_ms),
-            (false, Some(waiter_ttl)) => {
-                let waiter_ms = applied_waiter_ms(millis_up(waiter_ttl));
-                (now.saturating_add(waiter_ms), waiter_ms)
-            }
-            (false, None) => {
-                let holder = view.first_holder(now).ok_or_else(|| {
-                    StoreError::corrupt(request.key, "live entries without a holder")
-                })?;
-                return Ok(Decision::Answer(AcquireOutcome::Held(holder)));
-            }
-        };
-        let seq = state.fence.saturating_add(1);
-        // Every entry counted as expired is removed, and the write checks it
-        // was not renewed since the read.
-        let purge: Vec<(LeaseId, u64)> = view
-            .expired
-            .iter()
-            .map(|entry| (entry.lease_id, entry.expires_at))
-            .collect();
-        let own_stored = usize::from(own.is_some());
-        let count = state.entries.len() - purge.len() - own_stored + 1;
-        let outcome = if holds {
-            let mut grant = Grant::new(Duration::from_millis(ttl_ms));
-            if request.fencing.is_enabled() {
-                grant = grant.with_token(FencingToken::from(seq));
-            }
-            if let Some(previous) = view.expired_holder() {
-                tracing::debug!(key = request.key, previous, "taking over an expired lease");
-                grant = grant.with_previous_owner(previous);
-            }
-            AcquireOutcome::Acquired(grant)
-        } else {
-            let mut queued = Queued::new(Duration::from_millis(entry_ttl_ms));
-            if request.fencing.is_enabled() {
-                queued = queued.with_token(FencingToken::from(seq));
-            }
-            if let Some(holder) = view.first_holder(now) {
-                queued = queued.with_holder(holder);
-            }
-            if let Some(after) = view.retry_after(seq, now, skew_ms) {
-                queued = queued.with_retry_after(Duration::from_millis(after));
-            }
-            AcquireOutcome::Queued(queued)
-        };
-        let mut update = Update::default();
-        let fence = update.name(FENCE);
-        let old_fence = update.value(number(state.fence));
-        let stored = update.name(COUNT);
-        let old_count = update.value(number(state.count));
-        update.condition(format!("{fence} = {old_fence} AND {stored} = {old_count}"));
-        let new_fence = update.value(number(seq));
-        update.set(fence, new_fence.clone());
-        let new_count = update.value(number(count));
-        update.set(stored, new_count);
-        update.set_value(
-            &entry_attribute(request.lease_id),
-            new_info(request, holds, entry_ttl_ms, skew_ms).value(),
-        );
-        let seq_name = update.name(&seq_attribute(request.lease_id));
-        update.set(seq_name, new_fence);
-        update.set_value(&expiry_attribute(request.lease_id), number(expires_at));
-        if let Some(at) = self.idle_expiry_at(now) {
-            update.set_value(IDLE_EXPIRY, number(at));
-        }
-        for (lease_id, expires_at) in purge {
-            update.remove(&entry_attribute(lease_id));
-            update.remove(&seq_attribute(lease_id));
-            update.unchanged_expiry(lease_id, expires_at);
-            update.remove(&expiry_attribute(lease_id));
-        }
-        Ok(Decision::Write { update, outcome })
-    }
-
-    /// Extends the live entry `lease_id` to `ttl_ms` from `now`, rewriting
-    /// its settings to `info` when given, if it is still live by this
-    /// client's clock.
-    fn extend(&self, lease_id: LeaseId, now: u64, ttl_ms: u64, info: Option<EntryInfo>) -> Update {
-        let mut update = Update::default();
-        let expiry = update.name(&expiry_attribute(lease_id));
-        let new_expiry = update.value(number(now.saturating_add(ttl_ms)));
-        let now_value = update.value(number(now));
-        update.set(expiry.clone(), new_expiry);
-        if let Some(info) = info {
-            update.set_value(&entry_attribute(lease_id), info.value());
-        }
-        if let Some(at) = self.idle_expiry_at(now) {
-            update.set_value(IDLE_EXPIRY, number(at));
-        }
-        update.condition(format!("{expiry} > {now_value}"));
-        update
     }
 
     async fn renew_one(
@@ -593,120 +422,6 @@ impl DynamoStore {
             Err(error) => Err(store_error("release", &self.inner.context, error).with_key(key)),
         }
     }
-}
-
-/// The settings of a new entry for `request`.
-fn new_info(request: &AcquireRequest<'_>, told: bool, ttl_ms: u64, skew_ms: u64) -> EntryInfo {
-    EntryInfo {
-        told,
-        mode: request.mode,
-        limit: request.limit,
-        ttl_ms,
-        skew_ms,
-        owner: request.owner.to_owned(),
-    }
-}
-
-/// The waiter ttl the store applies for a requested one: longer by half,
-/// at most by a second, so that the renewals (and polls) of a waiting entry
-/// within that extra time only read the key item: a renewal writes only
-/// when less than the requested ttl is left. A dead waiter holds up the
-/// queue for at most this applied ttl (plus the clock skew): a second more
-/// than it asked for.
-fn applied_waiter_ms(requested_ms: u64) -> u64 {
-    requested_ms.saturating_add((requested_ms / 2).min(WAITER_READ_SPAN_MS))
-}
-
-/// The longest the store stretches a waiting entry's ttl to spare writes.
-const WAITER_READ_SPAN_MS: u64 = 1000;
-
-/// What [`DynamoStore::decide`] concluded.
-enum Decision {
-    /// Answer without writing.
-    Answer(AcquireOutcome),
-    /// The request's own entry holds already (a retried request): extend it
-    /// and answer the grant.
-    Refresh {
-        seq: u64,
-        info: EntryInfo,
-        /// Entries ahead counted as expired, with the expiry read.
-        expired_ahead: Vec<(LeaseId, u64)>,
-    },
-    /// Write `update` (conditional on the item being unchanged), then
-    /// answer `outcome`.
-    Write {
-        update: Update,
-        outcome: AcquireOutcome,
-    },
-}
-
-/// What a conditional write did.
-enum Written {
-    /// Applied; the attributes asked for.
-    Applied(Item),
-    /// The condition failed; the item as it was, when asked for.
-    Refused(Option<Item>),
-}
-
-async fn build_client(config: &DynamoConfig) -> Result<Client, StoreError> {
-    let http_client = aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(
-            tls::rustls_provider::CryptoMode::Ring,
-        ))
-        .build_https();
-    let sdk_config: SdkConfig = match &config.sdk_config {
-        Some(sdk_config) => sdk_config.clone(),
-        None => {
-            let mut loader =
-                aws_config::defaults(BehaviorVersion::latest()).http_client(http_client.clone());
-            if let Some(region) = &config.region {
-                loader = loader.region(Region::new(region.clone()));
-            }
-            if config.credentials.is_some() {
-                // Skip the chain's lookups: the key is given.
-                loader = loader.credentials_provider(static_credentials(config));
-            }
-            loader.load().await
-        }
-    };
-    let mut builder = aws_sdk_dynamodb::config::Builder::from(&sdk_config)
-        .http_client(http_client)
-        // One request per call: the locker owns retries and their timing.
-        .retry_config(RetryConfig::disabled());
-    if let Some(region) = &config.region {
-        builder = builder.region(Region::new(region.clone()));
-    } else if sdk_config.region().is_none() {
-        if config.endpoint.is_some() {
-            // A local endpoint ignores the region, but signing needs one.
-            builder = builder.region(Region::from_static("us-east-1"));
-        } else {
-            return Err(StoreError::new(
-                StoreErrorKind::Invalid,
-                format!(
-                    "no AWS region for table {}: add region=R to the URL, or set AWS_REGION (or a region in ~/.aws/config)",
-                    config.table
-                ),
-            ));
-        }
-    }
-    if let Some(endpoint) = &config.endpoint {
-        builder = builder.endpoint_url(endpoint.clone());
-    }
-    if config.credentials.is_some() {
-        builder = builder.credentials_provider(static_credentials(config));
-    }
-    Ok(Client::from_conf(builder.build()))
-}
-
-fn static_credentials(config: &DynamoConfig) -> Credentials {
-    let credentials = config.credentials.as_ref();
-    Credentials::new(
-        credentials.map_or("", |c| c.access_key_id.as_str()),
-        credentials.map_or("", |c| c.secret_access_key.as_str()),
-        credentials.and_then(|c| c.session_token.clone()),
-        None,
-        "dlock-url",
-    )
 }
 
 #[async_trait]
@@ -877,182 +592,5 @@ impl LeaseStore for DynamoStore {
             .with_poll_interval(Duration::from_secs(1))
             .with_fencing(self.inner.idle_expiry_ms.is_none())
             .with_clock(ExpiryClock::Client)
-    }
-}
-
-impl DynamoStore {
-    /// The key item, read strongly consistently.
-    async fn read(&self, key: &str) -> Result<Option<KeyState>, StoreError> {
-        let item = get_item(
-            self.inner.client.clone(),
-            self.inner.context.clone(),
-            key.to_owned(),
-        )
-        .await?;
-        item.map(|item| KeyState::parse(key, &item)).transpose()
-    }
-
-    /// The key item, from a strongly consistent read that this call may
-    /// share with others of this store already in flight for the same key
-    /// (then `true`). The waiters of one process poll their keys often; a
-    /// shared read is one request for all of them.
-    ///
-    /// A shared read may have been served before this call began: it may
-    /// show an older state (harmless for a waiting entry: holding only ever
-    /// starts, its own expiry only grows), or not yet show an entry added
-    /// just before; callers read again before concluding an entry is gone.
-    async fn read_shared(&self, key: &str) -> Result<(Option<KeyState>, bool), StoreError> {
-        let (read, shared) = {
-            let mut reads = self
-                .inner
-                .reads
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            match reads.get(key) {
-                Some(read) => (read.clone(), true),
-                None => {
-                    let read = shared_read(&self.inner, key);
-                    reads.insert(key.to_owned(), read.clone());
-                    (read, false)
-                }
-            }
-        };
-        let item = read.await?;
-        Ok((
-            item.map(|item| KeyState::parse(key, &item)).transpose()?,
-            shared,
-        ))
-    }
-}
-
-/// A read of `key`'s item that removes itself from the store's reads in
-/// flight when done. It holds the store weakly: an abandoned read does not
-/// keep a dropped store alive.
-fn shared_read(inner: &Arc<Inner>, key: &str) -> SharedRead {
-    let (client, context, key) = (inner.client.clone(), inner.context.clone(), key.to_owned());
-    let store: Weak<Inner> = Arc::downgrade(inner);
-    async move {
-        let item = get_item(client, context, key.clone()).await;
-        if let Some(store) = store.upgrade() {
-            store
-                .reads
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&key);
-        }
-        item
-    }
-    .boxed()
-    .shared()
-}
-
-/// One strongly consistent `GetItem` of `key`'s item (`None` when absent).
-async fn get_item(
-    client: Client,
-    context: Context,
-    key: String,
-) -> Result<Option<Item>, StoreError> {
-    let output = client
-        .get_item()
-        .table_name(&context.table)
-        .set_key(Some(DynamoStore::key_value(&key)))
-        .consistent_read(true)
-        .send()
-        .await
-        .map_err(|error| store_error("read", &context, error).with_key(&key))?;
-    Ok(output.item.filter(|item| item.len() > 1))
-}
-
-/// An update expression under construction: every attribute name and value
-/// goes through a placeholder, so keys, owner names and reserved words need
-/// no quoting.
-#[derive(Default)]
-struct Update {
-    sets: Vec<String>,
-    removes: Vec<String>,
-    condition: Option<String>,
-    names: HashMap<String, String>,
-    values: HashMap<String, AttributeValue>,
-}
-
-impl Update {
-    /// The placeholder of attribute name `name`.
-    fn name(&mut self, name: &str) -> String {
-        if let Some((placeholder, _)) = self.names.iter().find(|(_, known)| *known == name) {
-            return placeholder.clone();
-        }
-        let placeholder = format!("#n{}", self.names.len());
-        self.names.insert(placeholder.clone(), name.to_owned());
-        placeholder
-    }
-
-    /// A placeholder for `value`.
-    fn value(&mut self, value: AttributeValue) -> String {
-        let placeholder = format!(":v{}", self.values.len());
-        self.values.insert(placeholder.clone(), value);
-        placeholder
-    }
-
-    fn set(&mut self, path: String, operand: String) {
-        self.sets.push(format!("{path} = {operand}"));
-    }
-
-    fn set_value(&mut self, name: &str, value: AttributeValue) {
-        let path = self.name(name);
-        let operand = self.value(value);
-        self.set(path, operand);
-    }
-
-    fn remove(&mut self, name: &str) {
-        let path = self.name(name);
-        self.removes.push(path);
-    }
-
-    fn remove_name(&mut self, path: String) {
-        self.removes.push(path);
-    }
-
-    fn condition(&mut self, condition: String) {
-        self.condition = Some(condition);
-    }
-
-    /// Adds to the condition that `lease_id`'s expiry is still
-    /// `expires_at`: an entry counted as expired was not renewed (or
-    /// replaced) since it was read.
-    fn unchanged_expiry(&mut self, lease_id: LeaseId, expires_at: u64) {
-        let expiry = self.name(&expiry_attribute(lease_id));
-        let seen = self.value(number(expires_at));
-        self.and_condition(format!("{expiry} = {seen}"));
-    }
-
-    fn and_condition(&mut self, condition: String) {
-        self.condition = Some(match self.condition.take() {
-            Some(first) => format!("({first}) AND ({condition})"),
-            None => condition,
-        });
-    }
-
-    /// The update expression, the condition, and the placeholders.
-    fn finish(
-        self,
-    ) -> (
-        String,
-        Option<String>,
-        HashMap<String, String>,
-        HashMap<String, AttributeValue>,
-    ) {
-        let mut expression = String::new();
-        if !self.sets.is_empty() {
-            expression.push_str("SET ");
-            expression.push_str(&self.sets.join(", "));
-        }
-        if !self.removes.is_empty() {
-            if !expression.is_empty() {
-                expression.push(' ');
-            }
-            expression.push_str("REMOVE ");
-            expression.push_str(&self.removes.join(", "));
-        }
-        (expression, self.condition, self.names, self.values)
     }
 }

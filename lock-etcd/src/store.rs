@@ -93,6 +93,11 @@ impl EtcdStore {
     /// # Errors
     ///
     /// As [`EtcdConfig::from_url`] and [`EtcdStore::connect_with`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: dropping the future closes the connections it opened; an
+    /// etcd lease it may have granted expires on its own ttl.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         Self::connect_with(EtcdConfig::from_url(url)?).await
     }
@@ -107,6 +112,11 @@ impl EtcdStore {
     /// feature; [`StoreErrorKind::Auth`] for refused credentials;
     /// [`StoreErrorKind::Unavailable`] or [`StoreErrorKind::Timeout`] when
     /// etcd cannot be reached.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: dropping the future closes the connections it opened; an
+    /// etcd lease it may have granted expires on its own ttl.
     pub async fn connect_with(config: EtcdConfig) -> Result<Self, StoreError> {
         if config.endpoints.is_empty() {
             return Err(StoreError::new(

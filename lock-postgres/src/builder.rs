@@ -106,6 +106,11 @@ impl PostgresStoreBuilder {
     /// connect timeout, [`StoreErrorKind::Auth`] for refused credentials,
     /// each naming the server and the cause; a store error when the
     /// migration fails.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: dropping the future closes the pool; schema changes run in
+    /// a transaction, which the server rolls back when its connection goes.
     pub async fn connect(self, url: &str) -> Result<PostgresStore, StoreError> {
         // Refuse a bad table name before touching the network.
         TableNames::new(&self.table)?;
@@ -141,6 +146,11 @@ impl PostgresStoreBuilder {
     /// [`StoreErrorKind::Invalid`] for a bad table name, or a table of the
     /// previous layout with migration off; a store error when the
     /// migration fails.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: schema changes run in a transaction, which the server rolls
+    /// back when its connection goes; the pool stays as it was.
     pub async fn build_with_pool(self, pool: PgPool) -> Result<PostgresStore, StoreError> {
         let names = TableNames::new(&self.table)?;
         let mut channel = format!("dlock:{}", self.table);
@@ -205,44 +215,6 @@ impl TableNames {
         let keys = quoted.join(".");
         let entries = format!("{}{ENTRIES_SUFFIX}\"", &keys[..keys.len() - 1]);
         Ok(Self { keys, entries })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn table_names_are_checked_and_quoted() {
-        let names = TableNames::new("dlock_leases").unwrap();
-        assert_eq!(names.keys, "\"dlock_leases\"");
-        assert_eq!(names.entries, "\"dlock_leases_entries\"");
-        let names = TableNames::new("ops.locks").unwrap();
-        assert_eq!(names.keys, "\"ops\".\"locks\"");
-        assert_eq!(names.entries, "\"ops\".\"locks_entries\"");
-        assert_eq!(TableNames::new("_x1").unwrap().keys, "\"_x1\"");
-        let longest = "x".repeat(55);
-        assert_eq!(
-            TableNames::new(&longest).unwrap().entries.len(),
-            63 + 2,
-            "the entries table's name fits PostgreSQL's 63 bytes"
-        );
-        assert!(TableNames::new(&format!("{}.t", "s".repeat(63))).is_ok());
-        for hostile in [
-            "",
-            "1abc",
-            "locks; DROP TABLE users",
-            "locks\"",
-            "a.b.c",
-            "a b",
-            "émoji",
-            ".locks",
-            &"x".repeat(56),
-            &"x".repeat(64),
-        ] {
-            let error = TableNames::new(hostile).unwrap_err();
-            assert_eq!(error.kind(), StoreErrorKind::Invalid, "{hostile:?}");
-        }
     }
 }
 
@@ -321,5 +293,43 @@ async fn connect_once(
             "postgres: cannot connect to {}: no answer within {timeout:?}",
             Target::of(options)
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_are_checked_and_quoted() {
+        let names = TableNames::new("dlock_leases").unwrap();
+        assert_eq!(names.keys, "\"dlock_leases\"");
+        assert_eq!(names.entries, "\"dlock_leases_entries\"");
+        let names = TableNames::new("ops.locks").unwrap();
+        assert_eq!(names.keys, "\"ops\".\"locks\"");
+        assert_eq!(names.entries, "\"ops\".\"locks_entries\"");
+        assert_eq!(TableNames::new("_x1").unwrap().keys, "\"_x1\"");
+        let longest = "x".repeat(55);
+        assert_eq!(
+            TableNames::new(&longest).unwrap().entries.len(),
+            63 + 2,
+            "the entries table's name fits PostgreSQL's 63 bytes"
+        );
+        assert!(TableNames::new(&format!("{}.t", "s".repeat(63))).is_ok());
+        for hostile in [
+            "",
+            "1abc",
+            "locks; DROP TABLE users",
+            "locks\"",
+            "a.b.c",
+            "a b",
+            "émoji",
+            ".locks",
+            &"x".repeat(56),
+            &"x".repeat(64),
+        ] {
+            let error = TableNames::new(hostile).unwrap_err();
+            assert_eq!(error.kind(), StoreErrorKind::Invalid, "{hostile:?}");
+        }
     }
 }

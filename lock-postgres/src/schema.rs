@@ -35,6 +35,11 @@ impl PostgresStore {
     /// [`StoreErrorKind::Invalid`] when the table exists with columns of
     /// neither layout; a store error when the database refuses
     /// (permissions, connection).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: the changes run in a transaction, which the server rolls
+    /// back when its connection goes; calling again starts over.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let inner = &self.inner;
         let mut transaction = inner.pool.begin().await.map_err(|e| map_error(e, None))?;

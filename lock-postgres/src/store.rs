@@ -113,6 +113,11 @@ impl PostgresStore {
     /// # Errors
     ///
     /// As [`PostgresStoreBuilder::connect`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: dropping the future closes the pool; schema changes run in
+    /// a transaction, which the server rolls back when its connection goes.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         Self::builder().connect(url).await
     }
@@ -510,10 +515,11 @@ impl LeaseStore for PostgresStore {
             }
             holders.push(holder);
         }
-        let live = !holders.is_empty() || waiting > 0;
+        // Only shared entries agree on a limit; exclusive ones ignore it.
+        let shared = rows.iter().any(|row| row.4 == Some(true));
         let last_token = (token.to_u64() != Some(0)).then_some(token);
         let info = LeaseInfo::new(holders, last_token).with_waiting(waiting);
-        Ok(Some(if live { info.with_limit(limit) } else { info }))
+        Ok(Some(if shared { info.with_limit(limit) } else { info }))
     }
 
     fn capabilities(&self) -> Capabilities {

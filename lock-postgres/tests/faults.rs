@@ -13,7 +13,7 @@ use conformance_tests::register::FencedRegister;
 use conformance_tests::{eventually, holder_of, unique_key};
 use lock_core::{
     AcquireOutcome, AcquireRequest, LeaseId, LeaseLocker, LeaseStore, LockError, LockStatus,
-    Locker, LockerOptions, StoreErrorKind,
+    Locker, LockerOptions, Semaphore, StoreErrorKind,
 };
 use lock_postgres::PostgresStore;
 use tokio::time::{Instant, timeout};
@@ -295,7 +295,8 @@ async fn garbage_in_a_key_row_is_a_clear_error() {
     let store = client(server.url()).await;
     let locker = LeaseLocker::new(store.clone(), options("alice")).unwrap();
     let id = unique_key("garbage");
-    let _guard = locker.try_lock(&id).await.unwrap();
+    // A shared holder: its limit is what a second shared request checks.
+    let _guard = Semaphore::new(&locker, &id, 2).try_acquire().await.unwrap();
 
     sqlx::query("UPDATE dlock_leases SET holder_limit = 0 WHERE key = $1")
         .bind(&id)
@@ -306,7 +307,7 @@ async fn garbage_in_a_key_row_is_a_clear_error() {
     assert_eq!(error.kind(), StoreErrorKind::Corrupt);
     assert_eq!(error.key(), Some(id.as_str()));
     let other = LeaseLocker::new(store.clone(), options("bob")).unwrap();
-    match other.try_lock(&id).await {
+    match Semaphore::new(&other, &id, 2).try_acquire().await {
         Err(LockError::Store(error)) => {
             assert_eq!(error.kind(), StoreErrorKind::Corrupt);
             assert!(error.to_string().contains("limit"), "{error}");

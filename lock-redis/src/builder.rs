@@ -125,6 +125,11 @@ impl RedisStoreBuilder {
     /// [`StoreErrorKind::Auth`] when the server refuses the credentials;
     /// [`StoreErrorKind::Unavailable`] or [`StoreErrorKind::Timeout`] when
     /// no connection could be made. No message shows the URL's secrets.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: dropping the future closes the connections it opened;
+    /// nothing is written to the server.
     pub async fn connect(self) -> Result<RedisStore, StoreError> {
         if self.prefix.contains(['{', '}']) {
             return Err(StoreError::new(

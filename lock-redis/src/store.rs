@@ -68,6 +68,11 @@ impl RedisStore {
     /// # Errors
     ///
     /// As [`RedisStoreBuilder::connect`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: dropping the future closes the connections it opened;
+    /// nothing is written to the server.
     pub async fn connect(url: &str) -> Result<Self, lock_core::StoreError> {
         Self::builder(url).connect().await
     }

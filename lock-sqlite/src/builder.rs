@@ -90,6 +90,12 @@ impl SqliteStoreBuilder {
     /// [`StoreErrorKind::Invalid`] for a bad table name, or a table of
     /// neither layout under that name; a store error when the file cannot
     /// be opened or created.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: schema changes run in a transaction, which SQLite rolls
+    /// back when its connection goes; the database file may be left created,
+    /// empty.
     pub async fn open(self, path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
         let path = path.as_ref().to_owned();
         let names = TableNames::new(&self.table)?;

@@ -24,9 +24,12 @@ pub(crate) struct Queue {
 }
 
 impl Queue {
-    /// The limit the live entries agreed on.
+    /// The limit the live shared entries agreed on (exclusive entries
+    /// ignore it).
     pub(crate) fn limit(&self) -> Option<u32> {
-        self.live().next().map(|entry| entry.lim)
+        self.live()
+            .find(|entry| entry.shared)
+            .map(|entry| entry.lim)
     }
 
     /// The entries live at `now_ms`, in sequence order.

@@ -105,6 +105,12 @@ impl SqliteStore {
     /// # Errors
     ///
     /// As [`SqliteStoreBuilder::open`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: schema changes run in a transaction, which SQLite rolls
+    /// back when its connection goes; the database file may be left created,
+    /// empty.
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         Self::builder().open(path).await
     }
@@ -220,7 +226,8 @@ impl SqliteStore {
                 None,
             )?));
         }
-        if let Some(limit) = queue.limit()
+        if request.mode == LockMode::Shared
+            && let Some(limit) = queue.limit()
             && limit != request.limit
         {
             return Ok(Some(AcquireOutcome::LimitMismatch { limit }));
@@ -421,11 +428,14 @@ impl LeaseStore for SqliteStore {
             .fetch_all(&self.inner.pool)
             .await
             .map_err(|e| map_error(e, Some(key)))?;
-        let Some((token, limit, ..)) = rows.first() else {
+        let Some((token, ..)) = rows.first() else {
             return Ok(None);
         };
         let token = decode_token(key, *token)?;
-        let limit = limit
+        // The shared entries' limit; exclusive entries report none.
+        let limit = rows
+            .iter()
+            .find_map(|row| row.1)
             .map(|limit| decode_limit(key, Some(limit)))
             .transpose()?;
         let mut holders = Vec::new();

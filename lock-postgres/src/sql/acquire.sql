@@ -1,7 +1,9 @@
 -- Adds an entry for lease $3 of owner $2 to the queue of key $1: holding
 -- for $4 microseconds when it holds at the end of the queue, else (when
 -- $7, the waiter ttl in microseconds, is not NULL) waiting for $7
--- microseconds. $5: the entry is shared; $6: the key's limit.
+-- microseconds. $5: the entry is shared; $6: the key's limit, which
+-- shared entries agree on and exclusive ones ignore (the key row keeps the
+-- limit of its shared entries).
 --
 -- One row comes back; `outcome` is one of
 --   acquired  token = the entry's sequence number, owner = the owner of a
@@ -9,7 +11,7 @@
 --   queued    token, retry_after_us (the soonest expiry ahead), and the
 --             first holder (owner, remaining_us, shared)
 --   held      the first holder (owner, remaining_us, shared)
---   mismatch  holder_limit = the limit of the live entries
+--   mismatch  holder_limit = the limit of the live shared entries
 --   again     the key changed under the statement: nothing was added, ask
 --             again
 --
@@ -60,7 +62,8 @@ mine AS MATERIALIZED (
 decision AS MATERIALIZED (
     SELECT CASE
         WHEN EXISTS (SELECT 1 FROM mine) THEN 'retried'
-        WHEN count(*) > 0 AND (SELECT holder_limit FROM head) IS DISTINCT FROM $6 THEN 'mismatch'
+        WHEN $5 AND bool_or(q.shared)
+             AND (SELECT holder_limit FROM head) IS DISTINCT FROM $6 THEN 'mismatch'
         WHEN $7::bigint IS NOT NULL
              OR count(*) = 0
              OR ($5 AND NOT coalesce(bool_or(NOT q.shared), false) AND count(*) < $6)
@@ -110,17 +113,18 @@ claimed AS (
                           + CASE WHEN h.token = hd.token AND h.version = hd.version
                                  THEN c.seen_exclusive
                                  ELSE h.exclusive_count - c.gone_exclusive END,
-        holder_limit = $6
+        holder_limit = CASE WHEN $5 THEN $6 ELSE h.holder_limit END
     FROM decision AS d, counts AS c, head AS hd
     WHERE h.key = $1
       AND d.what = 'add'
       AND CASE WHEN h.token = hd.token AND h.version = hd.version
                THEN c.seen_entries = 0
-                    OR h.holder_limit = $6
+                    OR (NOT $5 OR h.holder_limit = $6 OR c.seen_entries = c.seen_exclusive)
                        AND ($7::bigint IS NOT NULL
                             OR $5 AND c.seen_exclusive = 0 AND c.seen_entries < $6)
                ELSE h.entry_count - c.gone_entries = 0
-                    OR h.holder_limit = $6
+                    OR (NOT $5 OR h.holder_limit = $6
+                        OR h.entry_count - c.gone_entries = h.exclusive_count - c.gone_exclusive)
                        AND ($7::bigint IS NOT NULL
                             OR $5 AND h.exclusive_count - c.gone_exclusive = 0
                                AND h.entry_count - c.gone_entries < $6)

@@ -1,4 +1,4 @@
--- The key's counter and limit, and its live entries in sequence order
+-- The key's counter and shared entries' limit, and its live entries in sequence order
 -- with their position's verdict (holds) and remaining microseconds; one
 -- row with NULL entry columns when the key has no live entry, none when
 -- the key is unknown.

@@ -2,8 +2,9 @@
 -- shared, $6: the key's limit): holding for $4 ms when it holds at the end
 -- of the queue, else, when $7 (the waiter ttl in ms) is not NULL, waiting
 -- for $7 ms. Adds nothing when the lease already has a live entry (a
--- request sent again), when the live entries use another limit, or when
--- the entry would wait and $7 is NULL. Returns (seq, holding, taken_from).
+-- request sent again), when it is shared and the live shared entries use
+-- another limit (exclusive entries ignore the limit), or when the entry
+-- would wait and $7 is NULL. Returns (seq, holding, taken_from).
 --
 -- One statement, under the database's write lock: the decision rests on
 -- the latest state. The trigger on the entries table moves the key's
@@ -30,6 +31,6 @@ SELECT $1,
        ) END
 FROM decision AS d
 WHERE NOT EXISTS (SELECT 1 FROM live WHERE lease_id = $3)
-  AND NOT EXISTS (SELECT 1 FROM live WHERE lim <> $6)
+  AND NOT ($5 AND EXISTS (SELECT 1 FROM live WHERE shared AND lim <> $6))
   AND (d.holds OR $7 IS NOT NULL)
 RETURNING seq, holding, taken_from

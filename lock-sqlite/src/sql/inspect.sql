@@ -1,5 +1,5 @@
 -- The counter of key $1 and its live entries in sequence order, with their
--- limit, their position's verdict (holds) and remaining ms; one row with
+-- limit (shared entries only), their position's verdict (holds) and remaining ms; one row with
 -- NULL entry columns when it has no live entry, none when it is unknown.
 WITH queue AS (
     SELECT e.seq, e.owner, e.shared, e.lim, e.expires_ms - {now} AS remaining_ms,
@@ -9,7 +9,7 @@ WITH queue AS (
     WHERE e.key = $1 AND e.expires_ms > {now}
     WINDOW w AS (ORDER BY e.seq)
 )
-SELECT k.token, q.lim, q.seq, q.owner, q.shared,
+SELECT k.token, CASE WHEN q.shared THEN q.lim END, q.seq, q.owner, q.shared,
        q.pos = 1 OR (q.shared AND NOT q.exclusive_so_far AND q.pos <= q.lim) AS holds,
        q.remaining_ms
 FROM {table} AS k

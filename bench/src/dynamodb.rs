@@ -1,0 +1,156 @@
+//! DynamoDB on moto: dlock's DynamoStore against a raw conditional
+//! `PutItem` + `DeleteItem` pair through the same SDK client. moto is a
+//! Python server that answers one request at a time, nothing like
+//! DynamoDB's speed: only the ratios mean anything. No peer library runs
+//! here (the Go library dlock descends from is not a Rust crate).
+
+use std::time::Duration;
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::AttributeValue;
+use conformance_tests::harness::MotoServer;
+use lock_core::{LeaseLocker, Locker, LockerOptions};
+use lock_dynamodb::DynamoStore;
+
+use crate::Settings;
+use crate::driver;
+use crate::measure::{Run, median, ms, percentile, throughput};
+use crate::ours;
+use crate::report::Row;
+
+const BACKEND: &str = "dynamodb";
+
+pub(crate) async fn run(
+    settings: &Settings,
+    rows: &mut Vec<Row>,
+    versions: &mut Vec<String>,
+) -> Result<(), String> {
+    let server = MotoServer::start().await.map_err(|e| e.to_string())?;
+    versions.push("moto (DynamoDB's protocol, one request at a time)".into());
+    let url = format!(
+        "dynamodb://AKIDBENCH:bench-secret@dlock_bench?region=us-east-1&endpoint={}&create_table=true",
+        server.endpoint()
+    );
+    let store = DynamoStore::connect(&url)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (client, table) = (store.client().clone(), store.table().to_owned());
+    let locker =
+        LeaseLocker::new(store.clone(), LockerOptions::default()).map_err(|e| e.to_string())?;
+    for (tasks, ops) in [(1usize, 150usize), (16, 600)] {
+        let ops = settings.ops(ops);
+        let (mut ours_rates, mut store_rates, mut raw_rates) = (Vec::new(), Vec::new(), Vec::new());
+        let mut latencies = Vec::new();
+        for round in 0..settings.reps {
+            let run = ours::pairs(&locker, tasks, ops, &format!("ddb{tasks}-{round}")).await;
+            ours_rates.push(run.per_second);
+            latencies.extend(run.latencies);
+            store_rates.push(ours::store_pairs(&store, tasks, ops).await.per_second);
+            raw_rates.push(raw_pairs(&client, &table, tasks, ops).await.per_second);
+        }
+        let to_raw: Vec<f64> = ours_rates
+            .iter()
+            .zip(&raw_rates)
+            .map(|(o, r)| o / r)
+            .collect();
+        let to_store: Vec<f64> = ours_rates
+            .iter()
+            .zip(&store_rates)
+            .map(|(o, s)| o / s)
+            .collect();
+        let raw = median(&mut raw_rates);
+        rows.push(Row {
+            backend: BACKEND,
+            scenario: "1. Uncontended acquire+release",
+            metric: format!("pairs/s, {tasks} task(s)"),
+            higher_is_better: true,
+            ours: median(&mut ours_rates),
+            raw: Some(raw),
+            peer: None,
+            note: format!(
+                "raw: conditional PutItem + conditional DeleteItem, same client; per round dlock / raw {}",
+                driver::spread(to_raw)
+            ),
+        });
+        rows.push(Row {
+            backend: BACKEND,
+            scenario: "1. Uncontended acquire+release",
+            metric: format!("pairs/s through the store alone, no locker, {tasks} task(s)"),
+            higher_is_better: true,
+            ours: median(&mut store_rates),
+            raw: Some(raw),
+            peer: None,
+            note: format!("dlock / store alone per round {}", driver::spread(to_store)),
+        });
+        rows.push(Row {
+            backend: BACKEND,
+            scenario: "1. Uncontended acquire+release",
+            metric: format!("pair latency p50 ms, {tasks} task(s)"),
+            higher_is_better: false,
+            ours: ms(percentile(&mut latencies, 50)),
+            raw: None,
+            peer: None,
+            note: format!("p99 {:.2} ms", ms(percentile(&mut latencies, 99))),
+        });
+    }
+    let _ = locker.close().await;
+    // Renewal: DynamoDB has no conditional batch update, so a heartbeat is
+    // one UpdateItem per lock, sent concurrently.
+    let renewal = ours::renewal(store.clone(), settings.held).await;
+    rows.push(Row {
+        backend: BACKEND,
+        scenario: "2. Renewal cost with 10,000 held locks",
+        metric: format!("store calls per heartbeat, {} locks", settings.held),
+        higher_is_better: false,
+        ours: renewal.calls_per_heartbeat,
+        raw: None,
+        peer: None,
+        note: format!(
+            "each renew call of up to {} entries sends one UpdateItem per entry ({} per heartbeat); one round renewing all: {:.0} ms on moto",
+            renewal.batch_limit,
+            settings.held,
+            ms(renewal.round)
+        ),
+    });
+    driver::fairness(BACKEND, &store, settings, None, rows).await;
+    driver::kinds(BACKEND, &store, settings, rows).await;
+    Ok(())
+}
+
+/// Conditional PutItem (absent) + conditional DeleteItem (still ours).
+async fn raw_pairs(client: &Client, table: &str, tasks: usize, ops: usize) -> Run {
+    let (client, table) = (client.clone(), table.to_owned());
+    throughput(tasks, ops, move |task| {
+        let (client, table) = (client.clone(), table.clone());
+        async move {
+            let key = AttributeValue::S(format!("bench-raw-{task}"));
+            let expires = AttributeValue::N(
+                (std::time::SystemTime::now() + Duration::from_secs(60))
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis())
+                    .to_string(),
+            );
+            client
+                .put_item()
+                .table_name(&table)
+                .item("lock_key", key.clone())
+                .item("owner", AttributeValue::S("raw".into()))
+                .item("expires_at", expires)
+                .condition_expression("attribute_not_exists(lock_key)")
+                .send()
+                .await
+                .expect("raw put");
+            client
+                .delete_item()
+                .table_name(&table)
+                .key("lock_key", key)
+                .condition_expression("#owner = :owner")
+                .expression_attribute_names("#owner", "owner")
+                .expression_attribute_values(":owner", AttributeValue::S("raw".into()))
+                .send()
+                .await
+                .expect("raw delete");
+        }
+    })
+    .await
+}
