@@ -154,7 +154,7 @@ pub struct AcquireRequest<'a> {
     /// its last renewal. `None`: hold at once or add nothing.
     pub queue: Option<Duration>,
     /// How far clients' wall clocks may be apart, for stores whose expiry
-    /// follows the clients' clocks ([`ExpiryClock::Client`]): an entry
+    /// follows the clients' clocks ([`ExpiryClock::Client`](crate::ExpiryClock::Client)): an entry
     /// counts as expired for this request only once the requester's clock
     /// is this much past its `expires_at`. A store may record it with the
     /// entry for the entry's later renewals. Store-clock backends ignore it.
