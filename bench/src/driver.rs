@@ -122,15 +122,40 @@ pub(crate) async fn pairs<S: LeaseStore + Clone>(
     }
 }
 
-/// Scenarios 2, 3, 4 and 6.
+/// A peer library's semaphore and reader-writer lock, for scenarios 7
+/// and 8.
+#[async_trait]
+pub(crate) trait KindPeer: Send + Sync {
+    /// The peer, in words.
+    fn note(&self) -> &'static str;
+    /// Grants per second of `tasks` tasks looping acquire / release of one
+    /// of `permits` permits for `length`.
+    async fn semaphore(&self, tasks: usize, permits: u32, length: Duration) -> f64;
+    /// `readers` readers and one writer, each holding `hold`, for `length`.
+    async fn reader_heavy(
+        &self,
+        readers: usize,
+        hold: Duration,
+        length: Duration,
+    ) -> ours::ReaderHeavy;
+}
+
+/// Scenarios 2, 3, 4, 6, 7 and 8.
 pub(crate) async fn the_rest<S: LeaseStore + Clone>(
     backend: &'static str,
     store: &S,
     baselines: &dyn Baselines,
+    kind_peer: Option<&dyn KindPeer>,
     settings: &Settings,
     rows: &mut Vec<Row>,
 ) {
-    let renewal = ours::renewal(store.clone(), settings.held).await;
+    let renewal = ours::renewal(
+        store.clone(),
+        settings.held,
+        Duration::from_secs(1),
+        Duration::from_millis(500),
+    )
+    .await;
     rows.push(Row {
         backend,
         scenario: "2. Renewal cost with 10,000 held locks",
@@ -183,7 +208,7 @@ pub(crate) async fn the_rest<S: LeaseStore + Clone>(
     });
 
     fairness(backend, store, settings, Some(handoff_p50), rows).await;
-    kinds(backend, store, settings, rows).await;
+    kinds(backend, store, kind_peer, settings, rows).await;
 }
 
 /// Scenario 6, fairness: 8 tasks on 2 lockers, hold 2 ms, one key.
@@ -253,11 +278,17 @@ pub(crate) async fn fairness<S: LeaseStore + Clone>(
 pub(crate) async fn kinds<S: LeaseStore + Clone>(
     backend: &'static str,
     store: &S,
+    peer: Option<&dyn KindPeer>,
     settings: &Settings,
     rows: &mut Vec<Row>,
 ) {
     let length = settings.length();
     let grants = ours::semaphore(lockers(store, 4), 16, 3, length).await;
+    let peer_grants = match peer {
+        Some(peer) => Some(peer.semaphore(16, 3, length).await),
+        None => None,
+    };
+    let peer_note = peer.map_or("no peer runs here", |peer| peer.note());
     rows.push(Row {
         backend,
         scenario: "7. Semaphore of 3 permits, 16 tasks on 4 lockers",
@@ -265,20 +296,35 @@ pub(crate) async fn kinds<S: LeaseStore + Clone>(
         higher_is_better: true,
         ours: grants,
         raw: None,
-        peer: None,
-        note: "each task loops acquire / release, fair among all".into(),
+        peer: peer_grants,
+        note: format!("each task loops acquire / release, fair among all; peer: {peer_note}"),
     });
     let hold = Duration::from_millis(2);
     let rw = ours::reader_heavy(lockers(store, 4), 16, hold, length).await;
+    let peer_rw = match peer {
+        Some(peer) => Some(peer.reader_heavy(16, hold, length).await),
+        None => None,
+    };
     let scenario = "8. Reader-heavy: 16 readers and 1 writer on 4 lockers, hold 2 ms";
     let note = "a waiting writer keeps later readers out: it is never starved";
-    for (metric, higher_is_better, ours) in [
-        ("reads/s", true, rw.reads_per_second),
-        ("writes/s", true, rw.writes_per_second),
+    for (metric, higher_is_better, ours, peer) in [
+        (
+            "reads/s",
+            true,
+            rw.reads_per_second,
+            peer_rw.as_ref().map(|p| p.reads_per_second),
+        ),
+        (
+            "writes/s",
+            true,
+            rw.writes_per_second,
+            peer_rw.as_ref().map(|p| p.writes_per_second),
+        ),
         (
             "writer's longest wait, ms",
             false,
             ms(rw.longest_write_wait),
+            peer_rw.as_ref().map(|p| ms(p.longest_write_wait)),
         ),
     ] {
         rows.push(Row {
@@ -288,8 +334,8 @@ pub(crate) async fn kinds<S: LeaseStore + Clone>(
             higher_is_better,
             ours,
             raw: None,
-            peer: None,
-            note: note.into(),
+            peer,
+            note: format!("{note}; peer: {peer_note}"),
         });
     }
 }

@@ -52,7 +52,7 @@ pub(crate) async fn run(
         leases: leases.clone(),
     };
     driver::pairs(BACKEND, &store, &baselines, settings, [600, 2400], rows).await;
-    driver::the_rest(BACKEND, &store, &baselines, settings, rows).await;
+    driver::the_rest(BACKEND, &store, &baselines, None, settings, rows).await;
     for lease in leases {
         let _ = client.lease_client().revoke(lease).await;
     }

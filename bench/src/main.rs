@@ -103,7 +103,7 @@ async fn main() -> std::process::ExitCode {
                 rows.push(memory::memory_per_lock(100_000).await);
                 let store = lock_core::MemoryStore::new();
                 driver::fairness("memory", &store, &settings, None, &mut rows).await;
-                driver::kinds("memory", &store, &settings, &mut rows).await;
+                driver::kinds("memory", &store, None, &settings, &mut rows).await;
                 Ok(())
             }
             "sqlite" => sqlite(&settings, &mut rows).await,
@@ -158,7 +158,7 @@ async fn sqlite(settings: &Settings, rows: &mut Vec<Row>) -> Result<(), String> 
         .await
         .map_err(|e| e.to_string())?;
     driver::fairness("sqlite", &store, settings, None, rows).await;
-    driver::kinds("sqlite", &store, settings, rows).await;
+    driver::kinds("sqlite", &store, None, settings, rows).await;
     Ok(())
 }
 
@@ -196,18 +196,8 @@ fn header(quick: bool, versions: &[String]) -> String {
 }
 
 fn notes(failures: &[String]) -> String {
-    let mut notes = String::from(
-        "Targets (issue 8): scenario 1 at least 0.8 of raw and 1.0 of the peer for Redis and etcd; scenario 2 at most ceil(N / batch limit) calls (one keep-alive round for etcd); scenario 3 p50 under 2 ms for Redis, 5 ms for PostgreSQL and etcd; scenario 5 at least 200,000 pairs/s; client memory at most 1 KiB per held lock.\n\n\
-         Where targets are missed, and why:\n\n\
-         - **Redis, 16 tasks, against raw and rslock.** The \"store alone\" row matches the dlock row, so the locker adds nothing measurable: the cost is in the scripts. Redis's own counters (the \"server CPU\" row) show a fenced acquire plus a compare-and-set release costing about 15 times the server CPU of `SET NX PX` + `DEL`: the acquire script reads the lock and the fencing hash, reads `TIME` (the floor that keeps tokens increasing after a restart that lost data), sets the lock and writes the counter; the release script compares the lease id, deletes, clears the previous-holder field and publishes. rslock mints no token and keeps no fencing state. With client and server sharing two cores, that server work and the larger requests bound the 16-task rate. Options left: drop previous-owner tracking (one field write per acquire and release), or merge the two keys with Redis 7.4's per-field expiry.\n\
-         - **etcd, against etcd's Lock API.** etcd's `Unlock` is an unconditional delete; dlock's release is a transaction that deletes only if the value is still the caller's (a stale holder must never free a newer holder's lock). A compare transaction costs more than a plain delete; replacing our release with a plain delete runs at the API's speed but is unsafe.\n\
-         - **Contended throughput (scenario 4), every backend.** The peers queue waiters inside the server (PostgreSQL's lock manager, etcd's revision-ordered lock queue), so a release hands the lock straight to the next waiter. dlock's waiters are woken by notifications (one per process per release) and then race the holder, which re-acquires at once in this loop; on PostgreSQL every release that a waiter marked also pays `NOTIFY`, which serializes commits database-wide. Handoff latency (scenario 3) stays within target; a server-side queue for fairness is future work.\n\n\
-         Other notes:\n\n\
-         - PostgreSQL's peer, advisory locks, is session-bound: no lease, no fencing token, gone with its connection, and unusable behind transaction-pooling proxies. It is here for context.\n\
-         - etcd's renewal round is one keep-alive plus one `LeaseTimeToLive` (which lists the lease's keys, so a key deleted behind the holder's back is reported lost), sent together: one round trip of wall time, whatever the number of locks.\n\
-         - etcd's acquisition sends a keep-alive of the store's lease alongside its transaction, so that a dead holder's lock is free within its ttl. lock-etcd's `lease_slack` option (1 s) skips it when the lease had one in the last second, at the price of a second more before a dead holder's lock is taken over; in two quick side-by-side runs the option was about 7 % faster at 1 task and 12 % at 16 tasks.\n\
-         - On two shared cores, single figures vary by 10 to 20 % between runs; the interleaved medians and ratios are steadier than any one figure.\n",
-    );
+    // The notes are Markdown of their own, kept beside the code.
+    let mut notes = String::from(include_str!("../NOTES.md"));
     for failure in failures {
         notes.push_str(&format!("- Not measured: {failure}\n"));
     }

@@ -61,14 +61,19 @@ pub(crate) struct Renewal {
     pub(crate) round: Duration,
 }
 
-/// Scenario 2: hold `n` locks through a counting store and watch renewals.
-pub(crate) async fn renewal<S: LeaseStore + Clone>(store: S, n: usize) -> Renewal {
+/// Scenario 2: hold `n` locks through a counting store and watch renewals,
+/// one every `heartbeat`, each call allowed `store_timeout`.
+pub(crate) async fn renewal<S: LeaseStore + Clone>(
+    store: S,
+    n: usize,
+    heartbeat: Duration,
+    store_timeout: Duration,
+) -> Renewal {
     let counting = Arc::new(FaultyStore::new(store.clone()));
-    let heartbeat = Duration::from_secs(1);
     let options = LockerOptions::builder()
         .lease(Duration::from_secs(30))
         .heartbeat(heartbeat)
-        .store_timeout(Duration::from_millis(500))
+        .store_timeout(store_timeout)
         .build()
         .expect("valid options");
     let locker = LeaseLocker::from_arc(counting.clone(), options).expect("locker");

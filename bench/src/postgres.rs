@@ -40,7 +40,7 @@ pub(crate) async fn run(
         .map_err(|e| e.to_string())?;
     let baselines = Postgres { pool };
     driver::pairs(BACKEND, &store, &baselines, settings, [600, 3000], rows).await;
-    driver::the_rest(BACKEND, &store, &baselines, settings, rows).await;
+    driver::the_rest(BACKEND, &store, &baselines, None, settings, rows).await;
     Ok(())
 }
 

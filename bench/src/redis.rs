@@ -1,5 +1,7 @@
 //! Redis: dlock's RedisStore against `SET NX PX` + `DEL` through the same
-//! client crate, and against the `rslock` crate (Redlock on one server).
+//! client crate, against the `rslock` crate (Redlock on one server), and,
+//! for semaphores and reader-writer locks, against the
+//! `distributed-lock-redis` crate.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,6 +14,7 @@ use redis::aio::ConnectionManager;
 
 use crate::Settings;
 use crate::driver::{self, Baselines};
+use crate::ours;
 use crate::measure::{Run, count, throughput};
 use crate::report::Row;
 
@@ -82,7 +85,14 @@ pub(crate) async fn run(
             per_call("del")
         ),
     });
-    driver::the_rest(BACKEND, &store, &baselines, settings, rows).await;
+    let kind_peer = DistributedLockRedis {
+        provider: Arc::new(
+            distributed_lock_redis::RedisLockProvider::new(url.clone())
+                .await
+                .map_err(|e| e.to_string())?,
+        ),
+    };
+    driver::the_rest(BACKEND, &store, &baselines, Some(&kind_peer), settings, rows).await;
     Ok(())
 }
 
@@ -226,4 +236,103 @@ async fn peer_contended(peer: &Arc<rslock::LockManager>, tasks: usize, length: D
         handle.await.expect("contended task");
     }
     count(grants.load(Ordering::Relaxed)) / start.elapsed().as_secs_f64()
+}
+
+/// distributed-lock-redis: a semaphore on a sorted set and a reader-writer
+/// lock, both waiting by polling with backoff.
+struct DistributedLockRedis {
+    provider: Arc<distributed_lock_redis::RedisLockProvider>,
+}
+
+#[async_trait]
+impl driver::KindPeer for DistributedLockRedis {
+    fn note(&self) -> &'static str {
+        "distributed-lock-redis 0.2 (polls with backoff, 10 to 200 ms; no fencing, no queue)"
+    }
+
+    async fn semaphore(&self, tasks: usize, permits: u32, length: Duration) -> f64 {
+        use distributed_lock_core::traits::{DistributedSemaphore, LockHandle, SemaphoreProvider};
+        let name = format!("bench-dlr-semaphore-{}", lock_core::LeaseId::random());
+        let grants = Arc::new(AtomicUsize::new(0));
+        let stop = Instant::now() + length;
+        let start = Instant::now();
+        let handles: Vec<_> = (0..tasks)
+            .map(|_| {
+                let (provider, grants, name) = (self.provider.clone(), grants.clone(), name.clone());
+                tokio::spawn(async move {
+                    let semaphore = provider.create_semaphore(&name, permits);
+                    while Instant::now() < stop {
+                        let wait = stop.saturating_duration_since(Instant::now());
+                        if let Ok(ticket) = semaphore.acquire(Some(wait)).await {
+                            grants.fetch_add(1, Ordering::Relaxed);
+                            ticket.release().await.expect("peer semaphore release");
+                        }
+                    }
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle.await.expect("peer semaphore task");
+        }
+        count(grants.load(Ordering::Relaxed)) / start.elapsed().as_secs_f64()
+    }
+
+    async fn reader_heavy(
+        &self,
+        readers: usize,
+        hold: Duration,
+        length: Duration,
+    ) -> ours::ReaderHeavy {
+        use distributed_lock_core::traits::{
+            DistributedReaderWriterLock, LockHandle, ReaderWriterLockProvider,
+        };
+        let name = format!("bench-dlr-rw-{}", lock_core::LeaseId::random());
+        let (reads, writes) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let stop = Instant::now() + length;
+        let start = Instant::now();
+        let spawn = |write: bool| {
+            let (provider, name) = (self.provider.clone(), name.clone());
+            let grants = if write { &writes } else { &reads }.clone();
+            tokio::spawn(async move {
+                let lock = provider.create_reader_writer_lock(&name);
+                let mut longest = Duration::ZERO;
+                // A wait may last to the end of the run: the peer is not
+                // fair, and a side can starve.
+                while Instant::now() < stop {
+                    let asked = Instant::now();
+                    let wait = Some(stop.saturating_duration_since(asked));
+                    if write {
+                        let handle = lock.acquire_write(wait).await;
+                        longest = longest.max(asked.elapsed());
+                        if let Ok(handle) = handle {
+                            grants.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(hold).await;
+                            handle.release().await.expect("peer write release");
+                        }
+                    } else {
+                        let handle = lock.acquire_read(wait).await;
+                        longest = longest.max(asked.elapsed());
+                        if let Ok(handle) = handle {
+                            grants.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(hold).await;
+                            handle.release().await.expect("peer read release");
+                        }
+                    }
+                }
+                longest
+            })
+        };
+        let writer = spawn(true);
+        let handles: Vec<_> = (0..readers).map(|_| spawn(false)).collect();
+        for handle in handles {
+            handle.await.expect("peer reader");
+        }
+        let longest_write_wait = writer.await.expect("peer writer");
+        let elapsed = start.elapsed().as_secs_f64();
+        ours::ReaderHeavy {
+            reads_per_second: count(reads.load(Ordering::Relaxed)) / elapsed,
+            writes_per_second: count(writes.load(Ordering::Relaxed)) / elapsed,
+            longest_write_wait,
+        }
+    }
 }

@@ -226,7 +226,7 @@ fn sigterm_while_waiting_ends_dlock_without_running_the_command() {
             "--",
             "sh",
             "-c",
-            &format!("touch {}; sleep 30", ready.display()),
+            &format!("touch {}; exec sleep 30", ready.display()),
         ])
         .spawn()
         .unwrap();
@@ -370,7 +370,7 @@ fn prefixes_keep_locks_apart() {
     let mut holder = scratch
         .dlock()
         .args(["run", "--prefix", "billing/", "job", "--", "sh", "-c"])
-        .arg(format!("touch {}; sleep 30", ready.display()))
+        .arg(format!("touch {}; exec sleep 30", ready.display()))
         .spawn()
         .unwrap();
     wait_for(Duration::from_secs(10), || ready.exists());
