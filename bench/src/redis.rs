@@ -14,8 +14,8 @@ use redis::aio::ConnectionManager;
 
 use crate::Settings;
 use crate::driver::{self, Baselines};
-use crate::ours;
 use crate::measure::{Run, count, throughput};
+use crate::ours;
 use crate::report::Row;
 
 const BACKEND: &str = "redis";
@@ -92,7 +92,15 @@ pub(crate) async fn run(
                 .map_err(|e| e.to_string())?,
         ),
     };
-    driver::the_rest(BACKEND, &store, &baselines, Some(&kind_peer), settings, rows).await;
+    driver::the_rest(
+        BACKEND,
+        &store,
+        &baselines,
+        Some(&kind_peer),
+        settings,
+        rows,
+    )
+    .await;
     Ok(())
 }
 
@@ -258,7 +266,8 @@ impl driver::KindPeer for DistributedLockRedis {
         let start = Instant::now();
         let handles: Vec<_> = (0..tasks)
             .map(|_| {
-                let (provider, grants, name) = (self.provider.clone(), grants.clone(), name.clone());
+                let (provider, grants, name) =
+                    (self.provider.clone(), grants.clone(), name.clone());
                 tokio::spawn(async move {
                     let semaphore = provider.create_semaphore(&name, permits);
                     while Instant::now() < stop {
