@@ -11,19 +11,24 @@ use crate::measure::{Run, count, median, ms, percentile};
 use crate::ours;
 use crate::report::Row;
 
-/// What dlock is compared with on one backend.
+/// What dlock is compared with in scenario 1 on one backend.
 #[async_trait]
-pub(crate) trait Baselines: Send + Sync {
+pub(crate) trait PairBaselines: Send + Sync {
     /// The raw baseline and the peer of scenario 1, in words.
     fn pairs_note(&self) -> &'static str;
-    /// The peer of scenarios 3 and 4, in words.
-    fn peer_note(&self) -> &'static str;
-    /// Scenario 1's handoff target, in words.
-    fn handoff_target(&self) -> &'static str;
     /// Acquire+release as raw operations through the same client.
     async fn raw_pairs(&self, tasks: usize, ops: usize) -> Run;
-    /// Acquire+release through the peer library.
-    async fn peer_pairs(&self, tasks: usize, ops: usize) -> Run;
+    /// Acquire+release through the peer library, where one runs here.
+    async fn peer_pairs(&self, tasks: usize, ops: usize) -> Option<Run>;
+}
+
+/// What dlock is compared with in every scenario on one backend.
+#[async_trait]
+pub(crate) trait Baselines: PairBaselines {
+    /// The peer of scenarios 3 and 4, in words.
+    fn peer_note(&self) -> &'static str;
+    /// Scenario 3's handoff target, in words.
+    fn handoff_target(&self) -> &'static str;
     /// Scenario 3 through the peer library.
     async fn peer_handoff(&self, waiters: usize, rounds: usize) -> Vec<Duration>;
     /// Scenario 4 through the peer library: grants per second.
@@ -47,7 +52,7 @@ fn lockers<S: LeaseStore + Clone>(store: &S, n: usize) -> Vec<LeaseLocker<S>> {
 pub(crate) async fn pairs<S: LeaseStore + Clone>(
     backend: &'static str,
     store: &S,
-    baselines: &dyn Baselines,
+    baselines: &dyn PairBaselines,
     settings: &Settings,
     ops: [usize; 2],
     rows: &mut Vec<Row>,
@@ -64,7 +69,9 @@ pub(crate) async fn pairs<S: LeaseStore + Clone>(
             latencies.extend(run.latencies);
             store_rates.push(ours::store_pairs(store, tasks, ops).await.per_second);
             raw_rates.push(baselines.raw_pairs(tasks, ops).await.per_second);
-            peer_rates.push(baselines.peer_pairs(tasks, ops).await.per_second);
+            if let Some(run) = baselines.peer_pairs(tasks, ops).await {
+                peer_rates.push(run.per_second);
+            }
         }
         // Each round ran the four side by side: its ratios are paired.
         let ratios = |other: &[f64]| -> Vec<f64> {
@@ -80,6 +87,14 @@ pub(crate) async fn pairs<S: LeaseStore + Clone>(
             ratios(&store_rates),
         );
         let raw = median(&mut raw_rates);
+        let (peer, peer_spread) = if peer_rates.is_empty() {
+            (None, String::new())
+        } else {
+            (
+                Some(median(&mut peer_rates)),
+                format!(", dlock / peer {}", spread(to_peer)),
+            )
+        };
         rows.push(Row {
             backend,
             scenario: "1. Uncontended acquire+release",
@@ -87,13 +102,12 @@ pub(crate) async fn pairs<S: LeaseStore + Clone>(
             higher_is_better: true,
             ours: median(&mut ours_rates),
             raw: Some(raw),
-            peer: Some(median(&mut peer_rates)),
+            peer,
             note: format!(
-                "{}; per round (min / median / max of {} rounds): dlock / raw {}, dlock / peer {}",
+                "{}; per round (min / median / max of {} rounds): dlock / raw {}{peer_spread}",
                 baselines.pairs_note(),
                 settings.reps,
                 spread(to_raw),
-                spread(to_peer)
             ),
         });
         rows.push(Row {

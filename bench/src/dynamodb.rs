@@ -6,15 +6,15 @@
 
 use std::time::Duration;
 
+use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::AttributeValue;
 use conformance_tests::harness::MotoServer;
-use lock_core::{LeaseLocker, Locker, LockerOptions};
 use lock_dynamodb::DynamoStore;
 
 use crate::Settings;
-use crate::driver;
-use crate::measure::{Run, median, ms, percentile, throughput};
+use crate::driver::{self, PairBaselines};
+use crate::measure::{Run, ms, throughput};
 use crate::ours;
 use crate::report::Row;
 
@@ -35,65 +35,8 @@ pub(crate) async fn run(
         .await
         .map_err(|e| e.to_string())?;
     let (client, table) = (store.client().clone(), store.table().to_owned());
-    let locker =
-        LeaseLocker::new(store.clone(), LockerOptions::default()).map_err(|e| e.to_string())?;
-    for (tasks, ops) in [(1usize, 150usize), (16, 600)] {
-        let ops = settings.ops(ops);
-        let (mut ours_rates, mut store_rates, mut raw_rates) = (Vec::new(), Vec::new(), Vec::new());
-        let mut latencies = Vec::new();
-        for round in 0..settings.reps {
-            let run = ours::pairs(&locker, tasks, ops, &format!("ddb{tasks}-{round}")).await;
-            ours_rates.push(run.per_second);
-            latencies.extend(run.latencies);
-            store_rates.push(ours::store_pairs(&store, tasks, ops).await.per_second);
-            raw_rates.push(raw_pairs(&client, &table, tasks, ops).await.per_second);
-        }
-        let to_raw: Vec<f64> = ours_rates
-            .iter()
-            .zip(&raw_rates)
-            .map(|(o, r)| o / r)
-            .collect();
-        let to_store: Vec<f64> = ours_rates
-            .iter()
-            .zip(&store_rates)
-            .map(|(o, s)| o / s)
-            .collect();
-        let raw = median(&mut raw_rates);
-        rows.push(Row {
-            backend: BACKEND,
-            scenario: "1. Uncontended acquire+release",
-            metric: format!("pairs/s, {tasks} task(s)"),
-            higher_is_better: true,
-            ours: median(&mut ours_rates),
-            raw: Some(raw),
-            peer: None,
-            note: format!(
-                "raw: conditional PutItem + conditional DeleteItem, same client; per round dlock / raw {}",
-                driver::spread(to_raw)
-            ),
-        });
-        rows.push(Row {
-            backend: BACKEND,
-            scenario: "1. Uncontended acquire+release",
-            metric: format!("pairs/s through the store alone, no locker, {tasks} task(s)"),
-            higher_is_better: true,
-            ours: median(&mut store_rates),
-            raw: Some(raw),
-            peer: None,
-            note: format!("dlock / store alone per round {}", driver::spread(to_store)),
-        });
-        rows.push(Row {
-            backend: BACKEND,
-            scenario: "1. Uncontended acquire+release",
-            metric: format!("pair latency p50 ms, {tasks} task(s)"),
-            higher_is_better: false,
-            ours: ms(percentile(&mut latencies, 50)),
-            raw: None,
-            peer: None,
-            note: format!("p99 {:.2} ms", ms(percentile(&mut latencies, 99))),
-        });
-    }
-    let _ = locker.close().await;
+    let baselines = RawItems { client, table };
+    driver::pairs(BACKEND, &store, &baselines, settings, [150, 600], rows).await;
     // Renewal: DynamoDB has no conditional batch update, so a heartbeat is
     // one UpdateItem per lock, sent concurrently. moto answers a few hundred
     // requests a second: a thousand locks, a heartbeat of 5 s, and time
@@ -123,6 +66,27 @@ pub(crate) async fn run(
     driver::fairness(BACKEND, &store, settings, None, rows).await;
     driver::kinds(BACKEND, &store, None, settings, rows).await;
     Ok(())
+}
+
+/// Raw items through the same client; no peer.
+struct RawItems {
+    client: Client,
+    table: String,
+}
+
+#[async_trait]
+impl PairBaselines for RawItems {
+    fn pairs_note(&self) -> &'static str {
+        "raw: conditional PutItem + conditional DeleteItem, same client"
+    }
+
+    async fn raw_pairs(&self, tasks: usize, ops: usize) -> Run {
+        raw_pairs(&self.client, &self.table, tasks, ops).await
+    }
+
+    async fn peer_pairs(&self, _tasks: usize, _ops: usize) -> Option<Run> {
+        None
+    }
 }
 
 /// Conditional PutItem (absent) + conditional DeleteItem (still ours).

@@ -11,7 +11,7 @@ use lock_postgres::PostgresStore;
 use sqlx::PgPool;
 
 use crate::Settings;
-use crate::driver::{self, Baselines};
+use crate::driver::{self, Baselines, PairBaselines};
 use crate::measure::{Run, throughput};
 use crate::report::Row;
 
@@ -50,25 +50,28 @@ struct Postgres {
 }
 
 #[async_trait]
-impl Baselines for Postgres {
+impl PairBaselines for Postgres {
     fn pairs_note(&self) -> &'static str {
         "raw: INSERT ON CONFLICT DO NOTHING + DELETE; peer: pg_try_advisory_lock + pg_advisory_unlock"
-    }
-
-    fn peer_note(&self) -> &'static str {
-        "blocking pg_advisory_lock, woken by the server's lock manager"
-    }
-
-    fn handoff_target(&self) -> &'static str {
-        "p50 < 5 ms"
     }
 
     async fn raw_pairs(&self, tasks: usize, ops: usize) -> Run {
         raw_pairs(&self.pool, tasks, ops).await
     }
 
-    async fn peer_pairs(&self, tasks: usize, ops: usize) -> Run {
-        advisory_pairs(&self.pool, tasks, ops).await
+    async fn peer_pairs(&self, tasks: usize, ops: usize) -> Option<Run> {
+        Some(advisory_pairs(&self.pool, tasks, ops).await)
+    }
+}
+
+#[async_trait]
+impl Baselines for Postgres {
+    fn peer_note(&self) -> &'static str {
+        "blocking pg_advisory_lock, woken by the server's lock manager"
+    }
+
+    fn handoff_target(&self) -> &'static str {
+        "p50 < 5 ms"
     }
 
     async fn peer_handoff(&self, waiters: usize, rounds: usize) -> Vec<Duration> {

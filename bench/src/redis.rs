@@ -13,7 +13,7 @@ use lock_redis::RedisStore;
 use redis::aio::ConnectionManager;
 
 use crate::Settings;
-use crate::driver::{self, Baselines};
+use crate::driver::{self, Baselines, PairBaselines};
 use crate::measure::{Run, count, throughput};
 use crate::ours;
 use crate::report::Row;
@@ -111,25 +111,28 @@ struct Redis {
 }
 
 #[async_trait]
-impl Baselines for Redis {
+impl PairBaselines for Redis {
     fn pairs_note(&self) -> &'static str {
         "raw: SET NX PX + DEL; peer: rslock lock + unlock"
-    }
-
-    fn peer_note(&self) -> &'static str {
-        "rslock lock + unlock, retrying (rslock waits by polling)"
-    }
-
-    fn handoff_target(&self) -> &'static str {
-        "p50 < 2 ms"
     }
 
     async fn raw_pairs(&self, tasks: usize, ops: usize) -> Run {
         raw_pairs(&self.raw, tasks, ops).await
     }
 
-    async fn peer_pairs(&self, tasks: usize, ops: usize) -> Run {
-        peer_pairs(&self.peer, tasks, ops).await
+    async fn peer_pairs(&self, tasks: usize, ops: usize) -> Option<Run> {
+        Some(peer_pairs(&self.peer, tasks, ops).await)
+    }
+}
+
+#[async_trait]
+impl Baselines for Redis {
+    fn peer_note(&self) -> &'static str {
+        "rslock lock + unlock, retrying (rslock waits by polling)"
+    }
+
+    fn handoff_target(&self) -> &'static str {
+        "p50 < 2 ms"
     }
 
     async fn peer_handoff(&self, waiters: usize, rounds: usize) -> Vec<Duration> {
