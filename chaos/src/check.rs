@@ -303,9 +303,32 @@ pub(crate) fn check(
         }
     }
     check_warnings(events, violations);
+    check_limits(events, violations);
     report.excused_overlaps = excused_overlaps;
     check_final_phase(events, phases, keys, &mut report);
     report
+}
+
+/// Every worker asks for one id with one count of permits (readers: any
+/// number), and exclusive requests carry none: a store that refuses a
+/// request for its limit has mixed them up.
+fn check_limits(events: &[Value], violations: &mut Vec<Violation>) {
+    for event in events
+        .iter()
+        .filter(|e| text(e, "kind") == "limit-mismatch")
+    {
+        violations.push(Violation::on(
+            text(event, "k"),
+            num(event, "called"),
+            num(event, "at"),
+            format!(
+                "{}: {} was refused for its limit, though every request on it agrees: {}",
+                text(event, "k"),
+                text(event, "w"),
+                text(event, "error")
+            ),
+        ));
+    }
 }
 
 /// Every loss came after a warning, a live lock never showed a deadline in

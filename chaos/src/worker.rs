@@ -136,6 +136,7 @@ impl Recorder {
         let reason = match error {
             LockError::Taken { .. } | LockError::Timeout { .. } => "not-granted",
             LockError::Store(_) => "store-error",
+            LockError::LimitMismatch { .. } => "limit-mismatch",
             _ => "other",
         };
         let mut failed = self.event(key, None, reason);

@@ -286,6 +286,38 @@ pub async fn mixed_permit_counts_on_one_id_are_refused<F: StoreFactory>(factory:
     assert!(granted_at >= released);
 }
 
+/// Exclusive entries ignore the limit: while a mutex (or a writer) holds
+/// alone, readers and any semaphore wait their turn instead of being refused
+/// for the limit the exclusive request carried, and get the id once it is
+/// released; after that, another semaphore of the id may take another count
+/// once every shared holder is gone.
+pub async fn shared_requests_wait_behind_an_exclusive_holder<F: StoreFactory>(factory: &F) {
+    let alice = locker(factory, "alice").await;
+    let bob = locker(factory, "bob").await;
+    let id = unique_key("shared_requests_wait_behind_an_exclusive_holder");
+    let held = alice.try_lock(&id).await.unwrap();
+    for kind in [LockKind::Read, LockKind::Permit { permits: 3 }] {
+        match bob.acquire(&id, kind, Duration::ZERO).await {
+            Err(LockError::Taken { .. }) => {}
+            other => panic!("{kind} beside a mutex holder: {other:?}"),
+        }
+    }
+    let reader = tokio::spawn(async move {
+        let guard = RwLock::new(&bob, &id).read(LONG_WAIT).await;
+        (bob, id, guard)
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    held.unlock().await.unwrap();
+    let (bob, id, guard) = reader.await.expect("reader task");
+    let reading = guard.expect("the reader is granted once the mutex is released");
+    reading.unlock().await.unwrap();
+    let permit = Semaphore::new(&bob, &id, 2)
+        .acquire(LONG_WAIT)
+        .await
+        .expect("no shared holder is left: a new count may start");
+    permit.unlock().await.unwrap();
+}
+
 /// Inspect shows every holder and how many wait.
 pub async fn inspect_shows_every_holder_and_how_many_wait<F: StoreFactory>(factory: &F) {
     let store = factory.connect().await;

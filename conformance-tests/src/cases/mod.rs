@@ -83,6 +83,7 @@ macro_rules! __for_each_case {
             rwlock_readers_share_and_a_writer_holds_alone: Nothing,
             rwlock_a_waiting_writer_is_not_starved_by_readers: Nothing,
             mixed_permit_counts_on_one_id_are_refused: Nothing,
+            shared_requests_wait_behind_an_exclusive_holder: Nothing,
             inspect_shows_every_holder_and_how_many_wait: Nothing,
             contention_race_with_a_fenced_register: Fencing,
         }

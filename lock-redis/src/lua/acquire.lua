@@ -73,9 +73,10 @@ return guarded(function()
     end
   end
   local live = #holders > 0 or st.w
-  -- Shared entries agree on the limit (0: none set since the key was
-  -- idle); exclusive ones hold alone whatever it is.
-  if shared and live and st.limit ~= 0 and st.limit ~= limit then
+  -- Shared entries agree on the limit while any of them is live (0: none
+  -- set since the key was idle); exclusive ones hold alone whatever it is,
+  -- and neither set nor check it.
+  if shared and live and st.limit ~= 0 and st.limit ~= limit and has_shared(st, now) then
     save(st, true, publish)
     return {'limit', st.limit}
   end
@@ -133,7 +134,7 @@ return guarded(function()
     redis.call('HDEL', K[3], id)
     corrupt(2, 'holds a ' .. type_of(K[2]) .. ', not a sorted set')
   end
-  if shared and (st.limit == 0 or not live) then
+  if shared then
     st.limit = limit
   end
   st.counter, st.w, st.dirty = seq, true, true

@@ -99,6 +99,27 @@ local function waiter(id, value)
   return {id = id, m = m, q = q, i = i, t = t, o = o, e = i + t * 1000}
 end
 
+-- Whether a live shared entry holds or waits on the key: only those agree
+-- on a limit. Reads the waiting entries (only on the way to refusing a
+-- request for its limit).
+local function has_shared(st, now)
+  for _, h in ipairs(st.holders) do
+    if is_shared(h.m) then
+      return true
+    end
+  end
+  if st.w then
+    local all = redis.call('HGETALL', K[3])
+    for i = 1, #all, 2 do
+      local w = waiter(all[i], all[i + 1])
+      if w.e > now and is_shared(w.m) then
+        return true
+      end
+    end
+  end
+  return false
+end
+
 -- A waiting entry's hash value.
 local function waiter_value(w)
   return w.m .. w.q .. ',' .. w.i .. ',' .. w.t .. ',' .. w.o

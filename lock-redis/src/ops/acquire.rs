@@ -4,7 +4,7 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use lock_core::{AcquireOutcome, AcquireRequest, Grant, Queued, StoreError};
+use lock_core::{AcquireOutcome, AcquireRequest, Grant, LockMode, Queued, StoreError};
 use redis::{Script, Value};
 
 use super::{
@@ -52,7 +52,13 @@ async fn send(
         ))
         .arg(format!(
             ",{ttl_ms},{},{}",
-            request.limit.max(1),
+            // Exclusive entries neither set nor check the limit: 0 keeps
+            // the lone holder's form free of one.
+            if request.mode == LockMode::Shared {
+                request.limit.max(1)
+            } else {
+                0
+            },
             request.owner
         ))
         .arg(format!(
