@@ -8,6 +8,7 @@ mod kinds;
 mod locker;
 mod queue;
 mod race;
+mod shared;
 mod store;
 
 pub use fair::*;
@@ -15,6 +16,7 @@ pub use kinds::*;
 pub use locker::*;
 pub use queue::*;
 pub use race::*;
+pub use shared::*;
 pub use store::*;
 
 /// Calls `$callback!` with the given arguments and every case with its
@@ -84,6 +86,11 @@ macro_rules! __for_each_case {
             rwlock_a_waiting_writer_is_not_starved_by_readers: Nothing,
             mixed_permit_counts_on_one_id_are_refused: Nothing,
             shared_requests_wait_behind_an_exclusive_holder: Nothing,
+            shared_a_semaphore_grants_up_to_its_limit_and_hands_a_freed_permit_to_the_next: Fencing,
+            shared_a_waiting_writer_waits_for_the_readers_before_it_and_blocks_those_after: Fencing,
+            shared_an_exclusive_release_promotes_the_shared_entries_behind_it_up_to_the_limit: Fencing,
+            shared_releasing_a_waiting_writer_promotes_the_readers_it_blocked: Fencing,
+            shared_concurrent_shared_requests_never_exceed_the_limit: Fencing,
             inspect_shows_every_holder_and_how_many_wait: Nothing,
             contention_race_with_a_fenced_register: Fencing,
         }

@@ -1,30 +1,22 @@
-//! Shared entries in one database file: a semaphore (shared, limit N) and a
-//! reader-writer lock (shared readers, exclusive writers), through raw
-//! store calls; waiters learn they hold by renewing their entry.
+//! Shared entries through raw store calls: a semaphore (shared, limit N)
+//! and a reader-writer lock (shared readers, exclusive writers); waiting
+//! entries learn they hold by renewing.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use conformance_tests::unique_key;
 use lock_core::{
     AcquireOutcome, AcquireRequest, Fencing, LeaseId, LeaseStore, LockMode, ReleaseOutcome,
     RenewEntry, RenewOutcome,
 };
-use lock_sqlite::SqliteStore;
-use tempfile::TempDir;
+
+use crate::support::{StoreFactory, unique_key};
 
 const TTL: Duration = Duration::from_secs(30);
 
-async fn store() -> (TempDir, SqliteStore) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path().join("locks.db"))
-        .await
-        .unwrap();
-    (dir, store)
-}
-
 /// One request: `mode` with `limit`, queueing or not.
-async fn ask(
-    store: &SqliteStore,
+async fn ask<S: LeaseStore>(
+    store: &S,
     key: &str,
     owner: &str,
     mode: LockMode,
@@ -36,7 +28,11 @@ async fn ask(
     if queue {
         request = request.queued(TTL);
     }
-    (lease_id, store.acquire(request).await.unwrap())
+    let outcome = store
+        .acquire(request)
+        .await
+        .unwrap_or_else(|error| panic!("{owner} asking for {key:?} failed: {error}"));
+    (lease_id, outcome)
 }
 
 fn token(outcome: &AcquireOutcome) -> u64 {
@@ -49,11 +45,11 @@ fn token(outcome: &AcquireOutcome) -> u64 {
 }
 
 /// Renews an entry believed waiting: its token when it holds now.
-async fn holds(store: &SqliteStore, key: &str, lease_id: LeaseId) -> Option<u64> {
+async fn holds<S: LeaseStore>(store: &S, key: &str, lease_id: LeaseId) -> Option<u64> {
     let outcome = store
         .renew(&[RenewEntry::waiting(key, lease_id, TTL)], TTL)
         .await
-        .unwrap();
+        .unwrap_or_else(|error| panic!("renewing a waiting entry of {key:?} failed: {error}"));
     match &outcome[..] {
         [RenewOutcome::Granted(grant)] => grant.token.as_ref().and_then(|t| t.to_u64()),
         [RenewOutcome::Waiting { .. }] => None,
@@ -62,15 +58,24 @@ async fn holds(store: &SqliteStore, key: &str, lease_id: LeaseId) -> Option<u64>
 }
 
 /// Owners of the key's holders, in grant order, and how many wait.
-async fn queue_of(store: &SqliteStore, key: &str) -> (Vec<String>, usize) {
-    let info = store.inspect(key).await.unwrap().expect("known key");
+async fn queue_of<S: LeaseStore>(store: &S, key: &str) -> (Vec<String>, usize) {
+    let info = store
+        .inspect(key)
+        .await
+        .unwrap_or_else(|error| panic!("inspect {key:?} failed: {error}"))
+        .expect("known key");
     let holders = info.holders.iter().map(|h| h.owner.clone()).collect();
     (holders, info.waiting)
 }
 
-#[tokio::test]
-async fn a_semaphore_grants_up_to_its_limit_and_hands_a_freed_permit_to_the_next() {
-    let (_dir, store) = store().await;
+/// A semaphore of 3 grants 3 shared entries, refuses a fourth, queues a
+/// fifth and hands it the permit a release frees, in the release's step.
+pub async fn shared_a_semaphore_grants_up_to_its_limit_and_hands_a_freed_permit_to_the_next<
+    F: StoreFactory,
+>(
+    factory: &F,
+) {
+    let store = factory.connect().await;
     let key = unique_key("semaphore");
     let mut permits = Vec::new();
     for i in 0..3 {
@@ -87,7 +92,7 @@ async fn a_semaphore_grants_up_to_its_limit_and_hands_a_freed_permit_to_the_next
     assert!(matches!(refused, AcquireOutcome::Held(ref holder) if holder.owner == "p0"));
     let (waiter, queued) = ask(&store, &key, "p4", LockMode::Shared, 3, true).await;
     assert!(token(&queued) > permits[2].1);
-    let info = store.inspect(&key).await.unwrap().unwrap();
+    let info = store.inspect(&key).await.unwrap().expect("known key");
     assert_eq!(
         (info.holders.len(), info.waiting, info.limit),
         (3, 1, Some(3))
@@ -104,9 +109,14 @@ async fn a_semaphore_grants_up_to_its_limit_and_hands_a_freed_permit_to_the_next
     );
 }
 
-#[tokio::test]
-async fn a_waiting_writer_waits_for_the_readers_before_it_and_blocks_those_after() {
-    let (_dir, store) = store().await;
+/// A waiting writer holds once the readers before it are gone, and readers
+/// that came after it wait, though readers hold.
+pub async fn shared_a_waiting_writer_waits_for_the_readers_before_it_and_blocks_those_after<
+    F: StoreFactory,
+>(
+    factory: &F,
+) {
+    let store = factory.connect().await;
     let key = unique_key("rw");
     let limit = 64;
     let (r1, _) = ask(&store, &key, "r1", LockMode::Shared, limit, false).await;
@@ -141,9 +151,14 @@ async fn a_waiting_writer_waits_for_the_readers_before_it_and_blocks_those_after
     assert_eq!(queue_of(&store, &key).await, (vec!["r3".into()], 0));
 }
 
-#[tokio::test]
-async fn an_exclusive_release_promotes_the_shared_entries_behind_it_up_to_the_limit() {
-    let (_dir, store) = store().await;
+/// Releasing an exclusive holder promotes the shared entries behind it up
+/// to the limit; a waiting reader that gives up makes room for the next.
+pub async fn shared_an_exclusive_release_promotes_the_shared_entries_behind_it_up_to_the_limit<
+    F: StoreFactory,
+>(
+    factory: &F,
+) {
+    let store = factory.connect().await;
     let key = unique_key("promote_many");
     let (writer, _) = ask(&store, &key, "w", LockMode::Exclusive, 2, false).await;
     let mut readers = Vec::new();
@@ -170,9 +185,11 @@ async fn an_exclusive_release_promotes_the_shared_entries_behind_it_up_to_the_li
     assert!(holds(&store, &key, readers[2]).await.is_some());
 }
 
-#[tokio::test]
-async fn releasing_a_waiting_writer_promotes_the_readers_it_blocked() {
-    let (_dir, store) = store().await;
+/// A waiting writer that gives up lets the readers it blocked hold.
+pub async fn shared_releasing_a_waiting_writer_promotes_the_readers_it_blocked<F: StoreFactory>(
+    factory: &F,
+) {
+    let store = factory.connect().await;
     let key = unique_key("writer_gives_up");
     let (_r1, _) = ask(&store, &key, "r1", LockMode::Shared, 8, false).await;
     let (writer, _) = ask(&store, &key, "w", LockMode::Exclusive, 8, true).await;
@@ -186,20 +203,17 @@ async fn releasing_a_waiting_writer_promotes_the_readers_it_blocked() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_shared_requests_never_exceed_the_limit() {
-    let (dir, _store) = store().await;
+/// Twelve clients asking at once for a semaphore of 3: exactly 3 hold.
+pub async fn shared_concurrent_shared_requests_never_exceed_the_limit<F: StoreFactory>(
+    factory: &F,
+) {
     for round in 0..5 {
         let key = unique_key("shared_race");
         let mut clients = Vec::new();
         for _ in 0..12 {
-            clients.push(
-                SqliteStore::open(dir.path().join("locks.db"))
-                    .await
-                    .unwrap(),
-            );
+            clients.push(factory.connect().await);
         }
-        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(clients.len()));
+        let barrier = Arc::new(tokio::sync::Barrier::new(clients.len()));
         let mut attempts = Vec::new();
         for (i, store) in clients.into_iter().enumerate() {
             let (key, barrier) = (key.clone(), barrier.clone());
