@@ -59,18 +59,31 @@ pub(crate) async fn pairs<S: LeaseStore + Clone>(
 ) {
     let locker = LeaseLocker::new(store.clone(), LockerOptions::default()).expect("locker");
     for (tasks, ops) in [1usize, 16].into_iter().zip(ops) {
-        let ops = settings.ops(ops);
+        let rounds = settings.pair_rounds();
+        let ops = settings.ops(ops) * settings.reps / rounds;
         let (mut ours_rates, mut store_rates) = (Vec::new(), Vec::new());
         let (mut raw_rates, mut peer_rates) = (Vec::new(), Vec::new());
         let mut latencies = Vec::new();
-        for rep in 0..settings.reps {
-            let run = ours::pairs(&locker, tasks, ops, &format!("{backend}{tasks}-{rep}")).await;
-            ours_rates.push(run.per_second);
-            latencies.extend(run.latencies);
-            store_rates.push(ours::store_pairs(store, tasks, ops).await.per_second);
-            raw_rates.push(baselines.raw_pairs(tasks, ops).await.per_second);
-            if let Some(run) = baselines.peer_pairs(tasks, ops).await {
-                peer_rates.push(run.per_second);
+        let tag = format!("{backend}{tasks}");
+        for round in 0..rounds {
+            // Many short rounds, each subject starting a round in turn: what
+            // runs first after another subject (or after the previous
+            // scenario) pays for its leftovers, and no subject always does.
+            for subject in (0..4).map(|i| (i + round) % 4) {
+                match subject {
+                    0 => {
+                        let run = ours::pairs(&locker, tasks, ops, &tag).await;
+                        ours_rates.push(run.per_second);
+                        latencies.extend(run.latencies);
+                    }
+                    1 => store_rates.push(ours::store_pairs(store, tasks, ops).await.per_second),
+                    2 => raw_rates.push(baselines.raw_pairs(tasks, ops).await.per_second),
+                    _ => {
+                        if let Some(run) = baselines.peer_pairs(tasks, ops).await {
+                            peer_rates.push(run.per_second);
+                        }
+                    }
+                }
             }
         }
         // Each round ran the four side by side: its ratios are paired.
@@ -104,9 +117,8 @@ pub(crate) async fn pairs<S: LeaseStore + Clone>(
             raw: Some(raw),
             peer,
             note: format!(
-                "{}; per round (min / median / max of {} rounds): dlock / raw {}{peer_spread}",
+                "{}; per round (min / median / max of {rounds} rounds, each subject first in turn): dlock / raw {}{peer_spread}",
                 baselines.pairs_note(),
-                settings.reps,
                 spread(to_raw),
             ),
         });

@@ -42,6 +42,12 @@ impl Settings {
         if self.quick { full / 4 } else { full }
     }
 
+    /// Rounds of scenario 1: many short ones, so that each ratio has a
+    /// spread and no subject always runs first.
+    fn pair_rounds(&self) -> usize {
+        if self.quick { 8 } else { 12 }
+    }
+
     /// Rounds per waiter in the handoff scenario.
     fn rounds(&self, full: usize) -> usize {
         if self.quick { full / 3 } else { full }

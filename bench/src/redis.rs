@@ -12,6 +12,8 @@ use conformance_tests::harness::RedisServer;
 use lock_redis::RedisStore;
 use redis::aio::ConnectionManager;
 
+mod cpu;
+
 use crate::Settings;
 use crate::driver::{self, Baselines, PairBaselines};
 use crate::measure::{Run, count, throughput};
@@ -52,39 +54,9 @@ pub(crate) async fn run(
     };
     driver::pairs(BACKEND, &store, &baselines, settings, [2000, 8000], rows).await;
 
-    // Where the time goes: server CPU per command, from Redis's own counters.
-    let stats: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut raw)
-        .await
-        .map_err(|e| e.to_string())?;
-    let per_call = |command: &str| -> f64 {
-        stats
-            .lines()
-            .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:")))
-            .and_then(|fields| {
-                fields
-                    .split(',')
-                    .find_map(|field| field.strip_prefix("usec_per_call="))
-            })
-            .and_then(|value| value.parse().ok())
-            .unwrap_or(f64::NAN)
-    };
-    rows.push(Row {
-        backend: BACKEND,
-        scenario: "1. Uncontended acquire+release",
-        metric: "server CPU per acquire+release, µs".into(),
-        higher_is_better: false,
-        ours: 2.0 * per_call("evalsha"),
-        raw: Some(per_call("set") + per_call("del")),
-        peer: None,
-        note: format!(
-            "from INFO commandstats: EVALSHA {:.2} µs a call (acquire or release script; rslock's unlock script counts here too), SET {:.2}, DEL {:.2}",
-            per_call("evalsha"),
-            per_call("set"),
-            per_call("del")
-        ),
-    });
+    // Where the time goes: server CPU per pair, from Redis's own counters.
+    let (rounds, pairs) = if settings.quick { (4, 500) } else { (6, 2000) };
+    rows.push(cpu::server_cpu(&store, &mut raw, rounds, pairs).await?);
     let kind_peer = DistributedLockRedis {
         provider: Arc::new(
             distributed_lock_redis::RedisLockProvider::new(url.clone())

@@ -132,6 +132,7 @@ mod store;
 mod token;
 pub mod url;
 mod waiter;
+mod wakers;
 
 /// The attribute that implements [`LeaseStore`] (and the other async
 /// traits): a store needs no dependency beyond this crate.
@@ -151,3 +152,4 @@ pub use options::{LockerOptions, LockerOptionsBuilder, MAX_KEY_LEN, MAX_OWNER_LE
 pub use state::LockStatus;
 pub use store::LeaseStore;
 pub use token::{FencingToken, ParseTokenError};
+pub use wakers::LocalWakers;

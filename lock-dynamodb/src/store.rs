@@ -18,8 +18,8 @@ use aws_smithy_http_client::tls;
 use futures_util::future::{BoxFuture, FutureExt as _, Shared, join_all};
 use lock_core::{
     AcquireOutcome, AcquireRequest, Capabilities, ExpiryClock, Fencing, FencingToken, Grant,
-    LeaseId, LeaseInfo, LeaseStore, LockMode, Queued, ReleaseOutcome, RenewEntry, RenewOutcome,
-    StoreError, StoreErrorKind,
+    LeaseId, LeaseInfo, LeaseStore, LocalWakers, LockMode, Queued, ReleaseOutcome, RenewEntry,
+    RenewOutcome, StoreError, StoreErrorKind, WaitOutcome,
 };
 use tokio::sync::Semaphore;
 
@@ -35,6 +35,7 @@ use crate::table;
 mod client;
 mod decide;
 mod read;
+mod release;
 mod update;
 
 use client::build_client;
@@ -96,6 +97,8 @@ struct Inner {
     /// Reads of key items in flight, by key, for waiting entries' renewals
     /// to share (see [`DynamoStore::read_shared`]).
     reads: Mutex<HashMap<String, SharedRead>>,
+    /// This process's waiters, woken by its releases.
+    wakers: LocalWakers,
     /// The config as `Debug` shows it (already redacted).
     description: String,
 }
@@ -183,6 +186,7 @@ impl DynamoStore {
                 min_ttl: config.min_ttl.unwrap_or(MIN_TTL).max(MIN_TTL),
                 clock: config.clock,
                 reads: Mutex::new(HashMap::new()),
+                wakers: LocalWakers::default(),
                 description,
             }),
         })
@@ -371,57 +375,6 @@ impl DynamoStore {
             },
         )
     }
-
-    /// With fencing off: deletes the whole item when the entry is its only
-    /// one. `Ok(None)` when the entry has company (release it by update).
-    async fn release_by_delete(
-        &self,
-        key: &str,
-        lease_id: LeaseId,
-        now: u64,
-    ) -> Result<Option<ReleaseOutcome>, StoreError> {
-        let mut update = Update::default();
-        let expiry = update.name(&expiry_attribute(lease_id));
-        let count = update.name(COUNT);
-        let one = update.value(number(1));
-        let now_value = update.value(number(now));
-        update.condition(format!("{count} = {one} AND {expiry} > {now_value}"));
-        let (_, condition, names, values) = update.finish();
-        let result = self
-            .inner
-            .client
-            .delete_item()
-            .table_name(&self.inner.context.table)
-            .set_key(Some(Self::key_value(key)))
-            .set_condition_expression(condition)
-            .set_expression_attribute_names(Some(names))
-            .set_expression_attribute_values(Some(values))
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(Some(ReleaseOutcome::Released)),
-            Err(SdkError::ServiceError(service))
-                if matches!(
-                    service.err(),
-                    DeleteItemError::ConditionalCheckFailedException(_)
-                ) =>
-            {
-                let item = match service.into_err() {
-                    DeleteItemError::ConditionalCheckFailedException(failed) => failed.item,
-                    _ => None,
-                };
-                let live = match item {
-                    Some(item) => KeyState::parse(key, &item)?
-                        .find(lease_id)
-                        .is_some_and(|entry| entry.expires_at > now),
-                    None => false,
-                };
-                Ok((!live).then_some(ReleaseOutcome::NotHeld))
-            }
-            Err(error) => Err(store_error("release", &self.inner.context, error).with_key(key)),
-        }
-    }
 }
 
 #[async_trait]
@@ -534,34 +487,13 @@ impl LeaseStore for DynamoStore {
         lease_id: LeaseId,
         fencing: Fencing,
     ) -> Result<ReleaseOutcome, StoreError> {
-        let now = self.now();
-        if !fencing.is_enabled()
-            && let Some(outcome) = self.release_by_delete(key, lease_id, now).await?
-        {
-            return Ok(outcome);
+        let outcome = self.release_entry(key, lease_id, fencing).await?;
+        if outcome == ReleaseOutcome::Released {
+            // This process's waiters on the key look again now rather than
+            // at their next poll.
+            self.inner.wakers.wake(key);
         }
-        let mut update = Update::default();
-        let expiry = update.name(&expiry_attribute(lease_id));
-        let now_value = update.value(number(now));
-        let count = update.name(COUNT);
-        let one = update.value(number(1));
-        update.remove(&entry_attribute(lease_id));
-        update.remove(&seq_attribute(lease_id));
-        update.remove_name(expiry.clone());
-        update.set(count.clone(), format!("{count} - {one}"));
-        if let Some(at) = self.idle_expiry_at(now) {
-            update.set_value(IDLE_EXPIRY, number(at));
-        }
-        update.condition(format!("{expiry} > {now_value}"));
-        Ok(
-            match self
-                .update("release", key, update, ReturnValue::None, false)
-                .await?
-            {
-                Written::Applied(_) => ReleaseOutcome::Released,
-                Written::Refused(_) => ReleaseOutcome::NotHeld,
-            },
-        )
+        Ok(outcome)
     }
 
     async fn inspect(&self, key: &str) -> Result<Option<LeaseInfo>, StoreError> {
@@ -592,5 +524,12 @@ impl LeaseStore for DynamoStore {
             .with_poll_interval(Duration::from_secs(1))
             .with_fencing(self.inner.idle_expiry_ms.is_none())
             .with_clock(ExpiryClock::Client)
+    }
+
+    /// Nothing tells a waiter that it holds: it renews its entry to learn
+    /// it. A release by this process wakes this process's waiters on the
+    /// key to do that at once; the others poll.
+    async fn wait_for_grant(&self, key: &str, _lease_id: LeaseId, max: Duration) -> WaitOutcome {
+        self.inner.wakers.wait(key, max).await
     }
 }

@@ -2,6 +2,7 @@
 //! client's connection. Both speak RESP3, so change notifications share
 //! them with the commands.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,10 +80,14 @@ impl Conn {
                     .set_number_of_retries(4)
                     .set_push_sender(on_push)
                     .set_automatic_resubscription();
+                // The manager retries a failed first connection (a refused
+                // one fails fast, in about 0.3 s for all attempts); a server
+                // that never answers costs each attempt the whole timeout,
+                // so the attempts together are bounded by it too.
+                let connecting = client.get_connection_manager_with_config(config);
                 Self::Single(
-                    client
-                        .get_connection_manager_with_config(config)
-                        .await
+                    within(settings.connect_timeout, connecting)
+                        .await?
                         .map_err(map)?,
                 )
             }
@@ -98,7 +103,11 @@ impl Conn {
                     builder = builder.certs(certificates(pem));
                 }
                 let client = builder.build().map_err(map)?;
-                Self::Cluster(client.get_async_connection().await.map_err(map)?)
+                Self::Cluster(
+                    within(settings.connect_timeout, client.get_async_connection())
+                        .await?
+                        .map_err(map)?,
+                )
             }
         })
     }
@@ -136,6 +145,19 @@ impl Conn {
     pub(crate) fn publish_flag(&self) -> &'static str {
         if self.is_cluster() { "S" } else { "P" }
     }
+}
+
+/// `connecting`, failed as a connect timeout when it takes longer than
+/// `timeout`.
+async fn within<T>(
+    timeout: Duration,
+    connecting: impl Future<Output = RedisResult<T>>,
+) -> Result<RedisResult<T>, StoreError> {
+    tokio::time::timeout(timeout, connecting)
+        .await
+        .map_err(|_| {
+            StoreError::timeout(format!("redis connect: no connection within {timeout:?}"))
+        })
 }
 
 fn certificates(pem: &[u8]) -> TlsCertificates {

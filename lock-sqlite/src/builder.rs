@@ -12,7 +12,7 @@ use sqlx::sqlite::{
 
 use crate::error::{map_error, open_error};
 use crate::store::{Inner, SqliteStore, Statements};
-use crate::wake::Wakers;
+use lock_core::LocalWakers;
 
 /// The default table name.
 pub const DEFAULT_TABLE: &str = "dlock_leases";
@@ -140,7 +140,7 @@ impl SqliteStoreBuilder {
                 pool,
                 path: path.to_owned(),
                 sql: Statements::new(names),
-                wakers: Wakers::default(),
+                wakers: LocalWakers::default(),
             }),
         };
         // Taking the write lock only when the tables need work.

@@ -107,7 +107,6 @@ mod builder;
 mod error;
 mod queue;
 mod store;
-mod wake;
 
 pub use builder::{DEFAULT_TABLE, SqliteStoreBuilder};
 pub use store::SqliteStore;

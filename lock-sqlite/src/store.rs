@@ -17,7 +17,7 @@ use sqlx::sqlite::SqlitePool;
 use crate::builder::{SqliteStoreBuilder, TableNames};
 use crate::error::map_error;
 use crate::queue::{Entry, Queue, lease_id, mode};
-use crate::wake::Wakers;
+use lock_core::LocalWakers;
 
 /// The database's clock in milliseconds.
 const NOW_MS: &str = "CAST(unixepoch('subsec') * 1000 AS INTEGER)";
@@ -37,7 +37,7 @@ pub(crate) struct Inner {
     pub(crate) path: PathBuf,
     pub(crate) sql: Statements,
     /// Wakes the waits of this process when it releases an entry.
-    pub(crate) wakers: Wakers,
+    pub(crate) wakers: LocalWakers,
 }
 
 /// The statements, with the quoted table names and the clock filled in.
@@ -479,11 +479,7 @@ impl LeaseStore for SqliteStore {
     }
 
     async fn wait_for_grant(&self, key: &str, _lease_id: LeaseId, max: Duration) -> WaitOutcome {
-        let interest = self.inner.wakers.interest(key);
-        match tokio::time::timeout(max, interest.notify.notified()).await {
-            Ok(()) => WaitOutcome::Changed,
-            Err(_) => WaitOutcome::TimedOut,
-        }
+        self.inner.wakers.wait(key, max).await
     }
 }
 

@@ -270,15 +270,19 @@ fn spawn_watchdog(server: &'static str, pid: u32, dir: Option<&Path>) -> Option<
     }
 }
 
-/// `dir` when it is a scratch directory the harness made (`dlock-*` in the
-/// temporary directory), which the watchdog may remove.
+/// The scratch directory the harness made (`dlock-*` in the temporary
+/// directory) that `dir` is or lies in, which the watchdog may remove. A
+/// cluster's nodes work one level below their cluster's directory, and the
+/// whole of it goes.
 fn scratch_dir(dir: &Path) -> Option<&Path> {
-    let made_here = dir.parent() == Some(std::env::temp_dir().as_path())
-        && dir
-            .file_name()
-            .and_then(|name| name.to_str())
-            .is_some_and(|name| name.starts_with("dlock-"));
-    made_here.then_some(dir)
+    let temp = std::env::temp_dir();
+    dir.ancestors().find(|candidate| {
+        candidate.parent() == Some(temp.as_path())
+            && candidate
+                .file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with("dlock-"))
+    })
 }
 
 fn pid_of(child: &Child) -> Option<Pid> {
@@ -501,6 +505,18 @@ pub(super) fn run_command_blocking(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scratch_dirs_are_the_harness_own_and_cover_a_cluster_node() {
+        let temp = std::env::temp_dir();
+        let cluster = temp.join("dlock-redis-cluster-x1");
+        assert_eq!(scratch_dir(&cluster), Some(cluster.as_path()));
+        assert_eq!(scratch_dir(&cluster.join("node0")), Some(cluster.as_path()));
+        assert_eq!(scratch_dir(&temp.join("someone-else")), None);
+        assert_eq!(scratch_dir(&temp.join("someone-else/dlock-x")), None);
+        assert_eq!(scratch_dir(&temp), None);
+        assert_eq!(scratch_dir(Path::new("/var/lib/dlock-x")), None);
+    }
 
     #[test]
     fn parses_parent_pid_even_with_odd_command_names() {
