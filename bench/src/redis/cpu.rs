@@ -3,14 +3,12 @@
 //! `CONFIG RESETSTAT` and a reading, in interleaved rounds, so no other
 //! subject's commands land in its figures.
 
-use std::time::Duration;
-
-use lock_core::{AcquireRequest, Fencing, LeaseId, LeaseStore};
 use lock_redis::RedisStore;
 use redis::aio::ConnectionManager;
 
 use crate::driver::spread;
 use crate::measure::{count, median};
+use crate::ours;
 use crate::report::Row;
 
 /// The least a script can do that reads the server's clock and a state
@@ -43,15 +41,14 @@ pub(super) async fn server_cpu(
             reset(raw).await?;
             match subject {
                 0 => {
-                    dlock_pairs(store, pairs).await;
-                    let (calls, usec) = usage(raw, "evalsha").await?;
-                    debug_assert_eq!(calls, 2 * pairs);
-                    samples.dlock.push(usec / count(pairs));
+                    ours::store_pairs(store, 1, pairs).await;
+                    samples
+                        .dlock
+                        .push(usage(raw, "evalsha").await? / count(pairs));
                 }
                 1 => {
-                    raw_pairs(raw, pairs).await?;
-                    let set = usage(raw, "set").await?.1;
-                    let del = usage(raw, "del").await?.1;
+                    super::raw_pairs(raw, 1, pairs).await;
+                    let (set, del) = (usage(raw, "set").await?, usage(raw, "del").await?);
                     samples.raw.push((set + del) / count(pairs));
                 }
                 _ => {
@@ -65,7 +62,7 @@ pub(super) async fn server_cpu(
                     }
                     samples
                         .floor
-                        .push(usage(raw, "evalsha").await?.1 / count(pairs));
+                        .push(usage(raw, "evalsha").await? / count(pairs));
                 }
             }
         }
@@ -94,39 +91,6 @@ pub(super) async fn server_cpu(
     })
 }
 
-async fn dlock_pairs(store: &RedisStore, pairs: usize) {
-    let key = "bench-cpu-dlock";
-    for _ in 0..pairs {
-        let lease = LeaseId::random();
-        let request = AcquireRequest::new(key, "bench", lease, Duration::from_secs(30));
-        store.acquire(request).await.expect("acquire");
-        store
-            .release(key, lease, Fencing::Enabled)
-            .await
-            .expect("release");
-    }
-}
-
-async fn raw_pairs(raw: &mut ConnectionManager, pairs: usize) -> Result<(), String> {
-    for _ in 0..pairs {
-        let _: Option<String> = redis::cmd("SET")
-            .arg("bench-cpu-raw")
-            .arg("owner")
-            .arg("NX")
-            .arg("PX")
-            .arg(30_000)
-            .query_async(raw)
-            .await
-            .map_err(|e| e.to_string())?;
-        let _: i64 = redis::cmd("DEL")
-            .arg("bench-cpu-raw")
-            .query_async(raw)
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    Ok(())
-}
-
 async fn reset(raw: &mut ConnectionManager) -> Result<(), String> {
     redis::cmd("CONFIG")
         .arg("RESETSTAT")
@@ -135,28 +99,22 @@ async fn reset(raw: &mut ConnectionManager) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// Calls and total microseconds of `command` since the last reset.
-async fn usage(raw: &mut ConnectionManager, command: &str) -> Result<(usize, f64), String> {
+/// Total microseconds spent in `command` since the last reset.
+async fn usage(raw: &mut ConnectionManager, command: &str) -> Result<f64, String> {
     let stats: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(raw)
         .await
         .map_err(|e| e.to_string())?;
     let prefix = format!("cmdstat_{command}:");
-    let fields = stats
+    stats
         .lines()
         .find_map(|line| line.strip_prefix(prefix.as_str()))
-        .ok_or_else(|| format!("INFO commandstats has no {command}"))?;
-    let field = |name: &str| {
-        fields
-            .split(',')
-            .find_map(|field| field.strip_prefix(name))
-            .and_then(|value| value.parse::<f64>().ok())
-            .ok_or_else(|| format!("INFO commandstats: no {name} for {command}"))
-    };
-    let calls = field("calls=")?;
-    // A count of calls in one round, far below 2^53.
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    let calls = calls as usize;
-    Ok((calls, field("usec=")?))
+        .and_then(|fields| {
+            fields
+                .split(',')
+                .find_map(|field| field.strip_prefix("usec="))
+        })
+        .and_then(|value| value.parse::<f64>().ok())
+        .ok_or_else(|| format!("INFO commandstats has no usec for {command}"))
 }
