@@ -165,10 +165,7 @@
 //! false: waiters learn of a grant by renewing their waiting entry (the
 //! locker does it, at the heartbeat, on its own polls and when an entry
 //! ahead may end; `retry_after` points at that entry's end, then at its end
-//! plus the skew). A release through a store wakes the waits of that
-//! store on the key ([`lock_core::LocalWakers`]): waiters in the same
-//! process learn of the handoff in one request, not at their next poll
-//! (up to a second); waiters elsewhere poll.
+//! plus the skew).
 //!
 //! # Idle expiry
 //!

@@ -18,8 +18,8 @@ use aws_smithy_http_client::tls;
 use futures_util::future::{BoxFuture, FutureExt as _, Shared, join_all};
 use lock_core::{
     AcquireOutcome, AcquireRequest, Capabilities, ExpiryClock, Fencing, FencingToken, Grant,
-    LeaseId, LeaseInfo, LeaseStore, LocalWakers, LockMode, Queued, ReleaseOutcome, RenewEntry,
-    RenewOutcome, StoreError, StoreErrorKind, WaitOutcome,
+    LeaseId, LeaseInfo, LeaseStore, LockMode, Queued, ReleaseOutcome, RenewEntry, RenewOutcome,
+    StoreError, StoreErrorKind,
 };
 use tokio::sync::Semaphore;
 
@@ -97,8 +97,6 @@ struct Inner {
     /// Reads of key items in flight, by key, for waiting entries' renewals
     /// to share (see [`DynamoStore::read_shared`]).
     reads: Mutex<HashMap<String, SharedRead>>,
-    /// This process's waiters, woken by its releases.
-    wakers: LocalWakers,
     /// The config as `Debug` shows it (already redacted).
     description: String,
 }
@@ -186,7 +184,6 @@ impl DynamoStore {
                 min_ttl: config.min_ttl.unwrap_or(MIN_TTL).max(MIN_TTL),
                 clock: config.clock,
                 reads: Mutex::new(HashMap::new()),
-                wakers: LocalWakers::default(),
                 description,
             }),
         })
@@ -487,13 +484,7 @@ impl LeaseStore for DynamoStore {
         lease_id: LeaseId,
         fencing: Fencing,
     ) -> Result<ReleaseOutcome, StoreError> {
-        let outcome = self.release_entry(key, lease_id, fencing).await?;
-        if outcome == ReleaseOutcome::Released {
-            // This process's waiters on the key look again now rather than
-            // at their next poll.
-            self.inner.wakers.wake(key);
-        }
-        Ok(outcome)
+        self.release_entry(key, lease_id, fencing).await
     }
 
     async fn inspect(&self, key: &str) -> Result<Option<LeaseInfo>, StoreError> {
@@ -524,12 +515,5 @@ impl LeaseStore for DynamoStore {
             .with_poll_interval(Duration::from_secs(1))
             .with_fencing(self.inner.idle_expiry_ms.is_none())
             .with_clock(ExpiryClock::Client)
-    }
-
-    /// Nothing tells a waiter that it holds: it renews its entry to learn
-    /// it. A release by this process wakes this process's waiters on the
-    /// key to do that at once; the others poll.
-    async fn wait_for_grant(&self, key: &str, _lease_id: LeaseId, max: Duration) -> WaitOutcome {
-        self.inner.wakers.wait(key, max).await
     }
 }
