@@ -1,12 +1,13 @@
 //! Same-process wake-ups for stores without notifications.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::WaitOutcome;
+use crate::{LeaseId, WaitOutcome};
 
 /// The waits of this process on each key, woken when this process releases
 /// an entry of the key, for stores that cannot notify waiters
@@ -18,6 +19,13 @@ use crate::WaitOutcome;
 /// still poll. A wake-up that comes between a waiter's last look at the
 /// queue and its next [`wait`](Self::wait) is missed, which costs that
 /// waiter one poll, as without this.
+///
+/// A store that learns from its release who holds now (the item as the
+/// release left it) wakes only those waits with
+/// [`wake_where`](Self::wake_where), its waiters waiting with
+/// [`wait_for`](Self::wait_for): on a server that answers one request at a
+/// time, every waiter of a key looking again at each release can cost
+/// more than the polls it saves.
 ///
 /// # Examples
 ///
@@ -46,7 +54,8 @@ use crate::WaitOutcome;
 /// ```
 #[derive(Default)]
 pub struct LocalWakers {
-    keys: Mutex<HashMap<String, Waits>>,
+    keys: Mutex<HashMap<String, Vec<Wait>>>,
+    serials: AtomicU64,
 }
 
 impl std::fmt::Debug for LocalWakers {
@@ -57,24 +66,28 @@ impl std::fmt::Debug for LocalWakers {
     }
 }
 
-struct Waits {
+/// One registered wait: its own notifier, so that a wake-up meant for one
+/// lease wakes nobody else (and is kept if it comes before the wait
+/// sleeps).
+struct Wait {
+    serial: u64,
+    lease_id: Option<LeaseId>,
     notify: Arc<Notify>,
-    count: usize,
 }
 
 /// One wait's registration; unregisters on drop.
 struct Interest<'a> {
     wakers: &'a LocalWakers,
     key: &'a str,
-    notify: Arc<Notify>,
+    serial: u64,
 }
 
 impl Drop for Interest<'_> {
     fn drop(&mut self) {
         let mut keys = self.wakers.keys();
         if let Some(waits) = keys.get_mut(self.key) {
-            waits.count -= 1;
-            if waits.count == 0 {
+            waits.retain(|wait| wait.serial != self.serial);
+            if waits.is_empty() {
                 keys.remove(self.key);
             }
         }
@@ -82,7 +95,7 @@ impl Drop for Interest<'_> {
 }
 
 impl LocalWakers {
-    fn keys(&self) -> MutexGuard<'_, HashMap<String, Waits>> {
+    fn keys(&self) -> MutexGuard<'_, HashMap<String, Vec<Wait>>> {
         // Every update under this lock is complete before it can panic.
         self.keys.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -94,20 +107,35 @@ impl LocalWakers {
     ///
     /// Cancel-safe: dropping the future unregisters the wait.
     pub async fn wait(&self, key: &str, max: Duration) -> WaitOutcome {
-        let interest = {
-            let mut keys = self.keys();
-            let waits = keys.entry(key.to_owned()).or_insert_with(|| Waits {
-                notify: Arc::new(Notify::new()),
-                count: 0,
-            });
-            waits.count += 1;
-            Interest {
-                wakers: self,
-                key,
-                notify: waits.notify.clone(),
-            }
+        self.wait_inner(key, None, max).await
+    }
+
+    /// Waits for the entry of `lease_id` on `key`: until a
+    /// [`wake`](Self::wake) of the key, a [`wake_where`](Self::wake_where)
+    /// that picks `lease_id` ([`WaitOutcome::Changed`]), or `max`
+    /// ([`WaitOutcome::TimedOut`]).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: dropping the future unregisters the wait.
+    pub async fn wait_for(&self, key: &str, lease_id: LeaseId, max: Duration) -> WaitOutcome {
+        self.wait_inner(key, Some(lease_id), max).await
+    }
+
+    async fn wait_inner(&self, key: &str, lease_id: Option<LeaseId>, max: Duration) -> WaitOutcome {
+        let notify = Arc::new(Notify::new());
+        let serial = self.serials.fetch_add(1, Ordering::Relaxed);
+        self.keys().entry(key.to_owned()).or_default().push(Wait {
+            serial,
+            lease_id,
+            notify: notify.clone(),
+        });
+        let _interest = Interest {
+            wakers: self,
+            key,
+            serial,
         };
-        match tokio::time::timeout(max, interest.notify.notified()).await {
+        match tokio::time::timeout(max, notify.notified()).await {
             Ok(()) => WaitOutcome::Changed,
             Err(_) => WaitOutcome::TimedOut,
         }
@@ -117,13 +145,28 @@ impl LocalWakers {
     /// ends with [`WaitOutcome::Changed`].
     pub fn wake(&self, key: &str) {
         if let Some(waits) = self.keys().get(key) {
-            waits.notify.notify_waiters();
+            for wait in waits {
+                wait.notify.notify_one();
+            }
+        }
+    }
+
+    /// Ends the waits on `key` of the leases `pick` chooses (say, those the
+    /// release just promoted), and only those; waits without a lease are
+    /// woken too. `pick` runs under this registry's lock: keep it short.
+    pub fn wake_where(&self, key: &str, mut pick: impl FnMut(LeaseId) -> bool) {
+        if let Some(waits) = self.keys().get(key) {
+            for wait in waits {
+                if wait.lease_id.is_none_or(&mut pick) {
+                    wait.notify.notify_one();
+                }
+            }
         }
     }
 
     /// How many waits on `key` are registered.
     pub fn waits(&self, key: &str) -> usize {
-        self.keys().get(key).map_or(0, |waits| waits.count)
+        self.keys().get(key).map_or(0, Vec::len)
     }
 }
 
@@ -159,6 +202,30 @@ mod tests {
         assert_eq!(wakers.waits("k"), 0);
         // The other key's wait runs to its end.
         assert_eq!(other.await.unwrap(), WaitOutcome::TimedOut);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_targeted_wake_ends_only_the_picked_leases_waits() {
+        let wakers = Arc::new(LocalWakers::default());
+        let (picked, passed_over) = (LeaseId::random(), LeaseId::random());
+        let wait = |lease_id: LeaseId| {
+            let wakers = wakers.clone();
+            tokio::spawn(async move {
+                wakers
+                    .wait_for("k", lease_id, Duration::from_secs(60))
+                    .await
+            })
+        };
+        let (first, second) = (wait(picked), wait(passed_over));
+        while wakers.waits("k") < 2 {
+            tokio::task::yield_now().await;
+        }
+        wakers.wake_where("k", |lease_id| lease_id == picked);
+        assert_eq!(first.await.unwrap(), WaitOutcome::Changed);
+        assert_eq!(wakers.waits("k"), 1);
+        // The other waits to its end.
+        assert_eq!(second.await.unwrap(), WaitOutcome::TimedOut);
+        assert_eq!(wakers.waits("k"), 0);
     }
 
     #[tokio::test(start_paused = true)]

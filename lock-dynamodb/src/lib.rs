@@ -165,7 +165,13 @@
 //! false: waiters learn of a grant by renewing their waiting entry (the
 //! locker does it, at the heartbeat, on its own polls and when an entry
 //! ahead may end; `retry_after` points at that entry's end, then at its end
-//! plus the skew).
+//! plus the skew). A release through a store that has waits on the key
+//! asks for the item as it left it, and wakes the waits of the entries
+//! that hold now ([`lock_core::LocalWakers::wake_where`]): a waiter in the
+//! same process learns of the handoff in one request, not at its next poll
+//! (up to a second), and only it looks (moto, which answers one request at
+//! a time, fell behind when every waiter of a key looked at each release).
+//! Waiters in other processes poll.
 //!
 //! # Idle expiry
 //!

@@ -18,8 +18,8 @@ use aws_smithy_http_client::tls;
 use futures_util::future::{BoxFuture, FutureExt as _, Shared, join_all};
 use lock_core::{
     AcquireOutcome, AcquireRequest, Capabilities, ExpiryClock, Fencing, FencingToken, Grant,
-    LeaseId, LeaseInfo, LeaseStore, LockMode, Queued, ReleaseOutcome, RenewEntry, RenewOutcome,
-    StoreError, StoreErrorKind,
+    LeaseId, LeaseInfo, LeaseStore, LocalWakers, LockMode, Queued, ReleaseOutcome, RenewEntry,
+    RenewOutcome, StoreError, StoreErrorKind, WaitOutcome,
 };
 use tokio::sync::Semaphore;
 
@@ -97,6 +97,8 @@ struct Inner {
     /// Reads of key items in flight, by key, for waiting entries' renewals
     /// to share (see [`DynamoStore::read_shared`]).
     reads: Mutex<HashMap<String, SharedRead>>,
+    /// This process's waiters, woken by its releases that promote them.
+    wakers: LocalWakers,
     /// The config as `Debug` shows it (already redacted).
     description: String,
 }
@@ -184,6 +186,7 @@ impl DynamoStore {
                 min_ttl: config.min_ttl.unwrap_or(MIN_TTL).max(MIN_TTL),
                 clock: config.clock,
                 reads: Mutex::new(HashMap::new()),
+                wakers: LocalWakers::default(),
                 description,
             }),
         })
@@ -515,5 +518,13 @@ impl LeaseStore for DynamoStore {
             .with_poll_interval(Duration::from_secs(1))
             .with_fencing(self.inner.idle_expiry_ms.is_none())
             .with_clock(ExpiryClock::Client)
+    }
+
+    /// Nothing tells a waiter that it holds: it renews its entry to learn
+    /// it. A release by this process that promotes it wakes it to do that
+    /// at once (see [`DynamoStore::release_entry`]); waiters elsewhere
+    /// poll.
+    async fn wait_for_grant(&self, key: &str, lease_id: LeaseId, max: Duration) -> WaitOutcome {
+        self.inner.wakers.wait_for(key, lease_id, max).await
     }
 }

@@ -2,6 +2,9 @@
 //! waiter of the store, fed by the connection's RESP3 push messages; and
 //! the grants heard for this store's waiting entries, kept until their
 //! waiter asks, so that a grant heard before the wait began is not lost.
+//! A grant wakes only the waiters of the leases it names: with many tasks
+//! queued on one key, waking all of them at every handoff cost more client
+//! time than the handoff itself.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -36,6 +39,8 @@ pub(crate) struct Waiters {
 struct State {
     channels: HashMap<Vec<u8>, Channel>,
     records: HashMap<LeaseId, Record>,
+    /// The waits in progress, by lease id: what wakes them.
+    listeners: HashMap<LeaseId, Listener>,
     /// Bumped whenever the connection is lost: notifications may have been
     /// missed.
     epoch: u64,
@@ -44,12 +49,19 @@ struct State {
 #[derive(Debug)]
 struct Channel {
     waiters: usize,
-    notify: Arc<Notify>,
     /// Since when the subscription is known to be active.
     subscribed_since: Option<Instant>,
     /// Bumped whenever the last waiter leaves; an unsubscription scheduled
     /// then goes ahead only if nothing happened since.
     idle: u64,
+}
+
+/// What wakes the waits of one lease (one, unless a caller waits twice at
+/// once).
+#[derive(Debug)]
+struct Listener {
+    notify: Arc<Notify>,
+    waits: usize,
 }
 
 /// A waiting entry of this store: since when grants for it are heard (the
@@ -109,22 +121,26 @@ impl Waiters {
         self.state().records.remove(&lease_id);
     }
 
-    /// Registers a waiter on `channel`.
-    pub(crate) fn enter(&self, channel: &[u8]) -> Entered {
+    /// Registers a waiter for `lease_id` on `channel`.
+    pub(crate) fn enter(&self, channel: &[u8], lease_id: LeaseId) -> Entered {
         let mut state = self.state();
         let epoch = state.epoch;
-        let entry = state
+        state
             .channels
             .entry(channel.to_vec())
             .or_insert_with(|| Channel {
                 waiters: 0,
-                notify: Arc::new(Notify::new()),
                 subscribed_since: None,
                 idle: 0,
-            });
-        entry.waiters += 1;
+            })
+            .waiters += 1;
+        let listener = state.listeners.entry(lease_id).or_insert_with(|| Listener {
+            notify: Arc::new(Notify::new()),
+            waits: 0,
+        });
+        listener.waits += 1;
         Entered {
-            notify: entry.notify.clone(),
+            notify: listener.notify.clone(),
             epoch,
         }
     }
@@ -176,11 +192,17 @@ impl Waiters {
         record.since = record.since.max(subscribed);
     }
 
-    /// Unregisters a waiter. Returns the idle mark to pass to
+    /// Unregisters a waiter of `lease_id`. Returns the idle mark to pass to
     /// [`take_idle`](Self::take_idle) after [`LINGER`] when it was the last
     /// waiter of a subscribed channel.
-    pub(crate) fn leave(&self, channel: &[u8]) -> Option<u64> {
+    pub(crate) fn leave(&self, channel: &[u8], lease_id: LeaseId) -> Option<u64> {
         let mut state = self.state();
+        if let Entry::Occupied(mut listener) = state.listeners.entry(lease_id) {
+            listener.get_mut().waits -= 1;
+            if listener.get().waits == 0 {
+                listener.remove();
+            }
+        }
         let Entry::Occupied(mut entry) = state.channels.entry(channel.to_vec()) else {
             return None;
         };
@@ -212,30 +234,26 @@ impl Waiters {
     }
 
     /// Handles a push message from the connection: a grant message records
-    /// the grants of this store's entries and wakes the channel's waiters;
-    /// a lost connection wakes everyone, since messages may be lost until
-    /// it is back.
+    /// the grants of this store's entries and wakes their waiters; a lost
+    /// connection wakes everyone, since messages may be lost until it is
+    /// back.
     pub(crate) fn on_push(&self, push: &PushInfo) {
         match push.kind {
             PushKind::Message | PushKind::SMessage => {
-                let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
-                    (push.data.first(), push.data.get(1))
-                else {
+                let Some(Value::BulkString(payload)) = push.data.get(1) else {
                     return;
                 };
                 let mut state = self.state();
-                let mut heard = false;
                 for grant in payload.split(|byte| *byte == b' ') {
                     let Some((lease_id, token)) = parse_grant(grant) else {
                         continue;
                     };
                     if let Some(record) = state.records.get_mut(&lease_id) {
                         record.granted = Some(token);
-                        heard = true;
+                        if let Some(listener) = state.listeners.get(&lease_id) {
+                            listener.notify.notify_waiters();
+                        }
                     }
-                }
-                if heard && let Some(entry) = state.channels.get(channel.as_slice()) {
-                    entry.notify.notify_waiters();
                 }
             }
             PushKind::Disconnection => {
@@ -246,7 +264,9 @@ impl Waiters {
                     // Resubscribed by the connection once it is back, but
                     // not known to be: the next wait subscribes again.
                     entry.subscribed_since = None;
-                    entry.notify.notify_waiters();
+                }
+                for listener in state.listeners.values() {
+                    listener.notify.notify_waiters();
                 }
             }
             _ => {}
@@ -291,25 +311,28 @@ mod tests {
     #[test]
     fn the_last_waiter_schedules_the_unsubscription() {
         let waiters = Waiters::default();
-        waiters.enter(b"c");
+        let (first, second) = (LeaseId::random(), LeaseId::random());
+        waiters.enter(b"c", first);
         waiters.mark_subscribed(b"c", Instant::now());
-        waiters.enter(b"c");
+        waiters.enter(b"c", second);
         assert!(waiters.subscribed_since(b"c").is_some());
-        assert_eq!(waiters.leave(b"c"), None);
-        let idle = waiters.leave(b"c").expect("last waiter");
+        assert_eq!(waiters.leave(b"c", first), None);
+        let idle = waiters.leave(b"c", second).expect("last waiter");
         // A waiter came and went in between: the old mark is stale.
-        waiters.enter(b"c");
-        let newer = waiters.leave(b"c").expect("last again");
+        waiters.enter(b"c", first);
+        let newer = waiters.leave(b"c", first).expect("last again");
         assert!(!waiters.take_idle(b"c", idle));
         assert!(waiters.take_idle(b"c", newer));
         assert_eq!(waiters.len(), 0);
+        assert!(waiters.state().listeners.is_empty());
     }
 
     #[test]
     fn unsubscribed_channels_go_at_once() {
         let waiters = Waiters::default();
-        waiters.enter(b"c");
-        assert_eq!(waiters.leave(b"c"), None);
+        let lease = LeaseId::random();
+        waiters.enter(b"c", lease);
+        assert_eq!(waiters.leave(b"c", lease), None);
         assert_eq!(waiters.len(), 0);
     }
 
@@ -319,7 +342,7 @@ mod tests {
         let mine = LeaseId::random();
         let subscribed = Instant::now();
         waiters.queueing(mine, subscribed);
-        let entered = waiters.enter(b"c");
+        let entered = waiters.enter(b"c", mine);
         waiters.on_push(&message(
             b"c",
             format!("{}:42 {}:", LeaseId::random(), mine),
@@ -343,9 +366,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_grant_wakes_only_the_waiter_of_its_lease() {
+        let waiters = Waiters::default();
+        let now = Instant::now();
+        let (granted, passed_over) = (LeaseId::random(), LeaseId::random());
+        waiters.queueing(granted, now);
+        waiters.queueing(passed_over, now);
+        let granted_wait = waiters.enter(b"c", granted);
+        let passed_over_wait = waiters.enter(b"c", passed_over);
+        let woken = granted_wait.notify.notified();
+        let not_woken = passed_over_wait.notify.notified();
+        tokio::pin!(woken, not_woken);
+        woken.as_mut().enable();
+        not_woken.as_mut().enable();
+        waiters.on_push(&message(b"c", format!("{granted}:9")));
+        // A zero timeout polls once: ready, or not.
+        assert!(tokio::time::timeout(Duration::ZERO, woken).await.is_ok());
+        assert!(
+            tokio::time::timeout(Duration::ZERO, not_woken)
+                .await
+                .is_err()
+        );
+        assert_eq!(
+            waiters.heard(passed_over, passed_over_wait.epoch, now),
+            Heard::Covered
+        );
+    }
+
+    #[tokio::test]
     async fn grants_of_other_clients_are_not_kept() {
         let waiters = Waiters::default();
-        let entered = waiters.enter(b"c");
+        let entered = waiters.enter(b"c", LeaseId::random());
         let foreign = LeaseId::random();
         waiters.on_push(&message(b"c", format!("{foreign}:1")));
         assert_eq!(
@@ -362,7 +413,7 @@ mod tests {
         let before = Instant::now();
         let sent = before + Duration::from_millis(5);
         waiters.queueing(lease, sent);
-        let entered = waiters.enter(b"c");
+        let entered = waiters.enter(b"c", lease);
         assert_eq!(waiters.heard(lease, entered.epoch, before), Heard::Covered);
         let later = sent + Duration::from_millis(5);
         assert_eq!(waiters.heard(lease, entered.epoch, later), Heard::Uncovered);
@@ -376,7 +427,7 @@ mod tests {
         let lease = LeaseId::random();
         let now = Instant::now();
         waiters.queueing(lease, now);
-        let entered = waiters.enter(b"c");
+        let entered = waiters.enter(b"c", lease);
         waiters.mark_subscribed(b"c", now);
         let notified = entered.notify.notified();
         tokio::pin!(notified);

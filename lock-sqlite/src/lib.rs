@@ -60,8 +60,9 @@
 //! ([`Capabilities::native_wait`](lock_core::Capabilities::native_wait) is
 //! false): a waiter learns that it holds by renewing its entry, which the
 //! locker does with backoff (and in its holders' renewal batches). A
-//! release by this process wakes the waits of this process on that key,
-//! which renew at once.
+//! release by this process reads the queue it left and wakes this
+//! process's waits of the entries that hold now, which renew at once; the
+//! entries still waiting sleep on.
 //!
 //! # Examples
 //!

@@ -154,6 +154,33 @@ impl SqliteStore {
         Ok(queue)
     }
 
+    /// Wakes this process's waits on `key` whose entries hold now, and
+    /// only those: each woken waiter renews its entry to learn it holds,
+    /// and with all of them woken at each release, those renewals took
+    /// more of the database than the handoffs. Wakes every wait on the key
+    /// when the queue cannot be read.
+    async fn wake_promoted(&self, key: &str) {
+        let wakers = &self.inner.wakers;
+        if wakers.waits(key) == 0 {
+            return;
+        }
+        match self.queue(key).await {
+            Ok(queue) => {
+                let holding: Vec<LeaseId> = queue
+                    .positions()
+                    .into_iter()
+                    .filter(|(_, holds)| *holds)
+                    .map(|(entry, _)| entry.lease_id)
+                    .collect();
+                wakers.wake_where(key, |lease_id| holding.contains(&lease_id));
+            }
+            Err(error) => {
+                tracing::debug!(key, %error, "reading the queue after a release failed");
+                wakers.wake(key);
+            }
+        }
+    }
+
     /// One attempt to add the request's entry; `None` when it added nothing.
     async fn add(
         &self,
@@ -399,7 +426,7 @@ impl LeaseStore for SqliteStore {
         if removed.is_none() {
             return Ok(ReleaseOutcome::NotHeld);
         }
-        self.inner.wakers.wake(key);
+        self.wake_promoted(key).await;
         if !fencing.is_enabled() {
             // The entry is gone either way; a key left empty may go too.
             if let Err(error) = sqlx::query(&sql.drop_key)
@@ -478,8 +505,11 @@ impl LeaseStore for SqliteStore {
             .with_fencing(true)
     }
 
-    async fn wait_for_grant(&self, key: &str, _lease_id: LeaseId, max: Duration) -> WaitOutcome {
-        self.inner.wakers.wait(key, max).await
+    /// Nothing tells a waiter that it holds: it renews its entry to learn
+    /// it. A release by this process that promotes it wakes it to do that
+    /// at once; waiters in other processes poll.
+    async fn wait_for_grant(&self, key: &str, lease_id: LeaseId, max: Duration) -> WaitOutcome {
+        self.inner.wakers.wait_for(key, lease_id, max).await
     }
 }
 

@@ -5,7 +5,9 @@ use super::*;
 
 impl DynamoStore {
     /// Removes the live entry of `lease_id`; `NotHeld` when it is gone or
-    /// expired.
+    /// expired. When this process has waits on the key, the write returns
+    /// the item as it left it, and the waits of the entries that hold now
+    /// are woken, and only those (one request each, not one per waiter).
     pub(super) async fn release_entry(
         &self,
         key: &str,
@@ -31,15 +33,39 @@ impl DynamoStore {
             update.set_value(IDLE_EXPIRY, number(at));
         }
         update.condition(format!("{expiry} > {now_value}"));
-        Ok(
-            match self
-                .update("release", key, update, ReturnValue::None, false)
-                .await?
-            {
-                Written::Applied(_) => ReleaseOutcome::Released,
-                Written::Refused(_) => ReleaseOutcome::NotHeld,
-            },
-        )
+        let local_waits = self.inner.wakers.waits(key) > 0;
+        let return_values = if local_waits {
+            ReturnValue::AllNew
+        } else {
+            ReturnValue::None
+        };
+        match self
+            .update("release", key, update, return_values, false)
+            .await?
+        {
+            Written::Applied(item) => {
+                if local_waits {
+                    self.wake_promoted(key, &item, now);
+                }
+                Ok(ReleaseOutcome::Released)
+            }
+            Written::Refused(_) => Ok(ReleaseOutcome::NotHeld),
+        }
+    }
+
+    /// Wakes this process's waits on `key` whose entries hold in `item` (as
+    /// a release left it).
+    fn wake_promoted(&self, key: &str, item: &HashMap<String, AttributeValue>, now: u64) {
+        match KeyState::parse(key, item) {
+            Ok(state) => {
+                let view = state.view(now, self.inner.skew_override_ms.unwrap_or(0));
+                self.inner
+                    .wakers
+                    .wake_where(key, |lease_id| view.holds(lease_id) == Some(true));
+            }
+            // The waiters find out at their next poll.
+            Err(error) => tracing::debug!(key, %error, "reading the released item failed"),
+        }
     }
 
     /// With fencing off: deletes the whole item when the entry is its only

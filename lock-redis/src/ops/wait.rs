@@ -30,10 +30,11 @@ pub(super) async fn wait_for_grant(
     let channel = store.redis_keys(key).channel.into_bytes();
     let inner = &store.inner;
     let waiters = &inner.waiters;
-    let entered = waiters.enter(&channel);
+    let entered = waiters.enter(&channel, lease_id);
     let _leave = Leave {
         inner: Arc::downgrade(inner),
         channel: &channel,
+        lease_id,
     };
     let subscribed = tokio::time::timeout_at(give_up, async {
         let _ops = waiters.ops.lock().await;
@@ -98,6 +99,7 @@ pub(super) async fn wait_for_grant(
 struct Leave<'a> {
     inner: Weak<Inner>,
     channel: &'a [u8],
+    lease_id: LeaseId,
 }
 
 impl Drop for Leave<'_> {
@@ -105,7 +107,7 @@ impl Drop for Leave<'_> {
         let Some(inner) = self.inner.upgrade() else {
             return;
         };
-        let Some(idle) = inner.waiters.leave(self.channel) else {
+        let Some(idle) = inner.waiters.leave(self.channel, self.lease_id) else {
             return;
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
