@@ -4,8 +4,11 @@
 //! `target/bench/results.json`.
 //!
 //! ```text
-//! lock-bench [--quick] [--backend NAME]... [--out PATH] [--json PATH]
+//! lock-bench [--quick] [--backend NAME]... [--client-threads N] [--out PATH] [--json PATH]
 //! ```
+//!
+//! The client runs on one runtime worker thread unless `--client-threads`
+//! says otherwise (see [`CLIENT_THREADS`]).
 //!
 //! Scenarios: 1. uncontended acquire+release (1 and 16 tasks); 2. renewal
 //! cost with 10,000 held locks (store calls per heartbeat, wall time, client
@@ -65,28 +68,82 @@ impl Settings {
 
 const BACKENDS: [&str; 6] = ["memory", "sqlite", "postgres", "redis", "etcd", "dynamodb"];
 
-#[tokio::main(flavor = "multi_thread")]
-async fn main() -> std::process::ExitCode {
-    let mut quick = false;
-    let mut backends: Vec<String> = Vec::new();
-    let mut out = PathBuf::from("BENCHMARKS.md");
-    let mut json_out = PathBuf::from("target/bench/results.json");
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--quick" => quick = true,
-            "--backend" => backends.extend(args.next()),
-            "--out" => out = args.next().map(PathBuf::from).unwrap_or(out),
-            "--json" => json_out = args.next().map(PathBuf::from).unwrap_or(json_out),
-            other => {
-                eprintln!(
-                    "lock-bench: unknown argument {other:?}; usage: lock-bench [--quick] [--backend {}]... [--out PATH] [--json PATH]",
-                    BACKENDS.join("|")
-                );
-                return std::process::ExitCode::from(64);
-            }
+/// Runtime worker threads for the client unless `--client-threads` says
+/// otherwise: one, so that the servers keep the other core of a two-core
+/// machine. With two, the client's workers and the server fought over the
+/// cores, and one round's ratio to raw swung from 0.26 to 2.4 within a run.
+const CLIENT_THREADS: usize = 1;
+
+/// The command line.
+struct Args {
+    quick: bool,
+    backends: Vec<String>,
+    out: PathBuf,
+    json_out: PathBuf,
+    client_threads: usize,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!(
+                "lock-bench: {message}; usage: lock-bench [--quick] [--backend {}]... [--client-threads N] [--out PATH] [--json PATH]",
+                BACKENDS.join("|")
+            );
+            return std::process::ExitCode::from(64);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.client_threads)
+        .enable_all()
+        .build();
+    match runtime {
+        Ok(runtime) => runtime.block_on(run(args)),
+        Err(error) => {
+            eprintln!("lock-bench: starting the runtime: {error}");
+            std::process::ExitCode::from(71)
         }
     }
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut parsed = Args {
+        quick: false,
+        backends: Vec::new(),
+        out: PathBuf::from("BENCHMARKS.md"),
+        json_out: PathBuf::from("target/bench/results.json"),
+        client_threads: CLIENT_THREADS,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--quick" => parsed.quick = true,
+            "--backend" => parsed.backends.push(value()?),
+            "--out" => parsed.out = PathBuf::from(value()?),
+            "--json" => parsed.json_out = PathBuf::from(value()?),
+            "--client-threads" => {
+                parsed.client_threads = value()?
+                    .parse()
+                    .ok()
+                    .filter(|threads| *threads > 0)
+                    .ok_or("--client-threads takes a positive number")?;
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(parsed)
+}
+
+async fn run(args: Args) -> std::process::ExitCode {
+    let Args {
+        quick,
+        mut backends,
+        out,
+        json_out,
+        client_threads,
+    } = args;
     if backends.is_empty() {
         backends = BACKENDS.iter().map(|b| (*b).to_owned()).collect();
     }
@@ -128,7 +185,7 @@ async fn main() -> std::process::ExitCode {
         }
     }
     rows.sort_by_key(|row| row.scenario);
-    let header = header(quick, &versions);
+    let header = header(quick, client_threads, &versions);
     let notes = notes(&failures);
     let markdown = report::markdown(&header, &rows, &notes);
     if let Err(error) = std::fs::write(&out, markdown) {
@@ -168,7 +225,7 @@ async fn sqlite(settings: &Settings, rows: &mut Vec<Row>) -> Result<(), String> 
     Ok(())
 }
 
-fn header(quick: bool, versions: &[String]) -> String {
+fn header(quick: bool, client_threads: usize, versions: &[String]) -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|info| {
@@ -194,7 +251,7 @@ fn header(quick: bool, versions: &[String]) -> String {
         .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
         .unwrap_or_default();
     format!(
-        "# Benchmarks\n\nRegenerated by `scripts/bench`{}. Machine: {cpu}, {cores} cores, {memory} kB memory; {rustc}; {}. Servers run on loopback on the same machine, so client and server share the cores.\n\nEach scenario runs dlock, the raw baseline (the same work as plain operations through the same client) and the peer interleaved in one process, {} repetitions, medians. Ratios are dlock / raw and dlock / peer: above 1 is better for throughput, below 1 is better for latency and calls.",
+        "# Benchmarks\n\nRegenerated by `scripts/bench`{}. Machine: {cpu}, {cores} cores, {memory} kB memory; {rustc}; {}. Servers run on loopback on the same machine, so client and server share the cores; the client runs on {client_threads} runtime worker thread(s).\n\nEach scenario runs dlock, the raw baseline (the same work as plain operations through the same client) and the peer interleaved in one process, {} repetitions, medians. Ratios are dlock / raw and dlock / peer: above 1 is better for throughput, below 1 is better for latency and calls.",
         if quick { " --quick" } else { "" },
         versions.join(", "),
         if quick { 3 } else { 5 }
