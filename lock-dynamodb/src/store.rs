@@ -522,8 +522,8 @@ impl LeaseStore for DynamoStore {
 
     /// Nothing tells a waiter that it holds: it renews its entry to learn
     /// it. A release by this process that promotes it wakes it to do that
-    /// at once (see [`DynamoStore::release_entry`]); waiters elsewhere
-    /// poll.
+    /// at once (the release reads the item it left to know whom); waiters
+    /// elsewhere poll.
     async fn wait_for_grant(&self, key: &str, lease_id: LeaseId, max: Duration) -> WaitOutcome {
         self.inner.wakers.wait_for(key, lease_id, max).await
     }

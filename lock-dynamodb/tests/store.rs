@@ -8,8 +8,7 @@ use std::time::Duration;
 use conformance_tests::harness::{shared_moto, skip_unless_available};
 use conformance_tests::unique_key;
 use lock_core::{
-    AcquireOutcome, AcquireRequest, Fencing, LeaseId, LeaseStore, ReleaseOutcome, RenewEntry,
-    RenewOutcome, StoreErrorKind, WaitOutcome,
+    AcquireOutcome, AcquireRequest, Fencing, LeaseId, LeaseStore, ReleaseOutcome, StoreErrorKind,
 };
 use lock_dynamodb::aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
@@ -237,58 +236,5 @@ async fn a_release_wakes_only_the_waiter_it_promotes() {
         return;
     }
     let store = common::store_with(|config| config).await;
-    let key = unique_key("a_release_wakes_only_the_waiter_it_promotes");
-    let other_key = format!("{key}-other");
-    let (holder, next, behind) = (LeaseId::random(), LeaseId::random(), LeaseId::random());
-    let waiter_ttl = Duration::from_secs(30);
-    assert!(matches!(
-        store.acquire(request(&key, holder)).await.expect("acquire"),
-        AcquireOutcome::Acquired(_)
-    ));
-    for waiter in [next, behind] {
-        assert!(matches!(
-            store
-                .acquire(request(&key, waiter).queued(waiter_ttl))
-                .await
-                .expect("queue"),
-            AcquireOutcome::Queued(_)
-        ));
-    }
-    // Nothing notifies across processes: without a wake, each wait lasts
-    // its whole maximum.
-    let max = Duration::from_secs(20);
-    let mut next_wait = std::pin::pin!(store.wait_for_grant(&key, next, max));
-    let mut behind_wait = std::pin::pin!(store.wait_for_grant(&key, behind, max));
-    let mut elsewhere = std::pin::pin!(store.wait_for_grant(&other_key, next, max));
-    // One poll each registers the waits before the release.
-    tokio::select! {
-        biased;
-        outcome = &mut next_wait => panic!("the wait ended before any release: {outcome:?}"),
-        outcome = &mut behind_wait => panic!("the wait behind ended: {outcome:?}"),
-        outcome = &mut elsewhere => panic!("the other key's wait ended: {outcome:?}"),
-        () = std::future::ready(()) => {}
-    }
-    let released = std::time::Instant::now();
-    assert_eq!(
-        store
-            .release(&key, holder, Fencing::Enabled)
-            .await
-            .expect("release"),
-        ReleaseOutcome::Released
-    );
-    assert_eq!(next_wait.await, WaitOutcome::Changed);
-    assert!(released.elapsed() < max / 4, "{:?}", released.elapsed());
-    // Woken, the waiter renews its entry and learns that it holds.
-    let outcomes = store
-        .renew(&[RenewEntry::waiting(&key, next, waiter_ttl)], waiter_ttl)
-        .await
-        .expect("renew");
-    assert!(
-        matches!(outcomes[..], [RenewOutcome::Granted(_)]),
-        "{outcomes:?}"
-    );
-    // The entry still waiting, and the wait on another key, sleep on.
-    let asleep = Duration::from_millis(200);
-    assert!(tokio::time::timeout(asleep, behind_wait).await.is_err());
-    assert!(tokio::time::timeout(asleep, elsewhere).await.is_err());
+    conformance_tests::cases::same_process_release_wakes_only_the_entry_it_promotes(&store).await;
 }

@@ -1,7 +1,9 @@
 //! The case functions: each checks one contract and panics, naming what
 //! broke, when the store under test breaks it. Every case takes a
 //! [`StoreFactory`](crate::StoreFactory), uses keys of its own and can run
-//! in parallel with the others against one server.
+//! in parallel with the others against one server; the one case outside
+//! the suite,
+//! [`same_process_release_wakes_only_the_entry_it_promotes`], takes a store.
 
 mod fair;
 mod kinds;

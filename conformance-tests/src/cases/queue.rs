@@ -338,6 +338,65 @@ pub async fn wait_for_grant_hears_the_handoff<F: StoreFactory>(factory: &F) {
     }
 }
 
+/// For stores without notifications that wake the waits of their own
+/// process ([`lock_core::LocalWakers::wake_where`]): a release through
+/// `store` ends the wait of the entry it promotes, through the same store,
+/// long before the wait's maximum, and no other wait (not the entry still
+/// waiting behind it, not a wait on another key). Not part of
+/// [`conformance_suite!`](crate::conformance_suite), which also runs stores
+/// that only poll; call it from the store's own tests.
+pub async fn same_process_release_wakes_only_the_entry_it_promotes<S: LeaseStore>(store: &S) {
+    let ttl = 30 * short_ttl(&store.capabilities());
+    let key = unique_key("same_process_release_wakes_only_the_entry_it_promotes");
+    let other_key = format!("{key}-other");
+    let (holder, _) = grant(store, &key, "holder", ttl).await;
+    let (next, _) = enqueue(store, &key, "next", ttl, ttl).await;
+    let (behind, _) = enqueue(store, &key, "behind", ttl, ttl).await;
+    // Without a wake, each wait lasts its whole maximum.
+    let max = Duration::from_secs(20);
+    let mut next_wait = std::pin::pin!(store.wait_for_grant(&key, next, max));
+    let mut behind_wait = std::pin::pin!(store.wait_for_grant(&key, behind, max));
+    let mut elsewhere = std::pin::pin!(store.wait_for_grant(&other_key, next, max));
+    // One poll each registers the waits before the release.
+    tokio::select! {
+        biased;
+        outcome = &mut next_wait => panic!("the wait ended before any release: {outcome:?}"),
+        outcome = &mut behind_wait => panic!("the wait behind ended: {outcome:?}"),
+        outcome = &mut elsewhere => panic!("the other key's wait ended: {outcome:?}"),
+        () = std::future::ready(()) => {}
+    }
+    let released = Instant::now();
+    assert_eq!(
+        store.release(&key, holder, Fencing::Enabled).await.unwrap(),
+        ReleaseOutcome::Released
+    );
+    let heard = next_wait.await;
+    assert!(
+        matches!(heard, WaitOutcome::Changed | WaitOutcome::Granted { .. }),
+        "{heard:?}"
+    );
+    assert!(released.elapsed() < max / 4, "{:?}", released.elapsed());
+    // Woken, the waiter renews its entry and learns that it holds.
+    let outcomes = store
+        .renew(&[RenewEntry::waiting(&key, next, ttl)], ttl)
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcomes[..], [RenewOutcome::Granted(_)]),
+        "{outcomes:?}"
+    );
+    // The entry still waiting, and the wait on another key, sleep on.
+    let asleep = Duration::from_millis(200);
+    assert!(
+        tokio::time::timeout(asleep, behind_wait).await.is_err(),
+        "the entry still waiting was woken"
+    );
+    assert!(
+        tokio::time::timeout(asleep, elsewhere).await.is_err(),
+        "a wait on another key was woken"
+    );
+}
+
 /// A wait returns by its maximum when nothing happens, never claiming a
 /// grant.
 pub async fn wait_for_grant_returns_by_its_maximum<F: StoreFactory>(factory: &F) {
