@@ -2,9 +2,9 @@
 //! waiter of the store, fed by the connection's RESP3 push messages; and
 //! the grants heard for this store's waiting entries, kept until their
 //! waiter asks, so that a grant heard before the wait began is not lost.
-//! A grant wakes only the waiters of the leases it names: with many tasks
-//! queued on one key, waking all of them at every handoff cost more client
-//! time than the handoff itself.
+//! A grant wakes only the waiters of the leases it names, not every waiter
+//! of the channel in this process (which would look, find nothing and go
+//! back to sleep at every handoff).
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
