@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use lock_core::{LeaseLocker, LeaseStore, LockerOptions};
 
 use crate::Settings;
-use crate::measure::{Run, count, median, ms, percentile};
+use crate::measure::{Run, count, median, ms, paired_ratios, percentile};
 use crate::ours;
 use crate::report::Row;
 
@@ -87,13 +87,7 @@ pub(crate) async fn pairs<S: LeaseStore + Clone>(
             }
         }
         // Each round ran the four side by side: its ratios are paired.
-        let ratios = |other: &[f64]| -> Vec<f64> {
-            ours_rates
-                .iter()
-                .zip(other)
-                .map(|(ours, other)| ours / other)
-                .collect()
-        };
+        let ratios = |other: &[f64]| paired_ratios(&ours_rates, other);
         let (to_raw, to_peer, to_store) = (
             ratios(&raw_rates),
             ratios(&peer_rates),

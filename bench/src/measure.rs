@@ -49,6 +49,14 @@ pub(crate) fn count(n: usize) -> f64 {
     f64::from(u32::try_from(n).unwrap_or(u32::MAX))
 }
 
+/// Each round's ratio of `ours` to `base` (the rounds ran side by side).
+pub(crate) fn paired_ratios(ours: &[f64], base: &[f64]) -> Vec<f64> {
+    ours.iter()
+        .zip(base)
+        .map(|(ours, base)| ours / base)
+        .collect()
+}
+
 /// The median of `values`.
 pub(crate) fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);

@@ -13,6 +13,7 @@ use lock_redis::RedisStore;
 use redis::aio::ConnectionManager;
 
 mod cpu;
+mod instructions;
 
 use crate::Settings;
 use crate::driver::{self, Baselines, PairBaselines};
@@ -57,6 +58,10 @@ pub(crate) async fn run(
     // Where the time goes: server CPU per pair, from Redis's own counters.
     let (rounds, pairs) = if settings.quick { (4, 500) } else { (6, 2000) };
     rows.push(cpu::server_cpu(&store, &mut raw, rounds, pairs).await?);
+    // The same as instructions, which do not move with the machine.
+    if let Some(row) = instructions::server_instructions().await? {
+        rows.push(row);
+    }
     let kind_peer = DistributedLockRedis {
         provider: Arc::new(
             distributed_lock_redis::RedisLockProvider::new(url.clone())

@@ -138,13 +138,6 @@ impl Conn {
     pub(crate) fn is_cluster(&self) -> bool {
         matches!(self, Self::Cluster(_))
     }
-
-    /// How the scripts publish grants: `S` (`SPUBLISH`, sharded) in Cluster
-    /// mode, so a message goes to the key's shard only; `P` (`PUBLISH`)
-    /// otherwise.
-    pub(crate) fn publish_flag(&self) -> &'static str {
-        if self.is_cluster() { "S" } else { "P" }
-    }
 }
 
 /// `connecting`, failed as a connect timeout when it takes longer than

@@ -16,7 +16,7 @@ const TAG_BUCKETS: u64 = 256;
 ///
 /// | name | Redis type | content |
 /// | --- | --- | --- |
-/// | `P{TT}:lock:K` | string, no expiry | the state: `<counter>` alone while nothing holds or waits; `<lease id><mode><token>,<renewed µs>,<ttl ms>,<limit>,<owner>` for a lone holder whose token is the counter, nobody waiting (limit 0 for an exclusive holder: exclusive entries neither set nor check it); otherwise `<counter>,<limit>,<waiting 0/1>,<n>,<previous owner, n bytes>` followed by `;<lease id><mode><token>,<renewed µs>,<ttl ms>,<n>,<owner, n bytes>` for each holder, in grant order |
+/// | `P{TT}:lock:K` | string, no expiry | the state: `<counter>` alone while nothing holds or waits; `<token>,<lease id><mode>,<ttl ms>,<limit>,<owner>,<renewed µs>` for a lone holder whose token is the counter (token and renewal time of 16 digits each, ttl of 20), nobody waiting (limit 0 for an exclusive holder: exclusive entries neither set nor check it), and after its release the same with 33 dashes in place of `<lease id><mode>` (idle again, the counter `<token>`); otherwise `<counter, 16 digits>,<limit>,<waiting 0/1>,<n>,<previous owner, n bytes>` followed by `;<lease id><mode><token>,<renewed µs>,<ttl ms>,<n>,<owner, n bytes>` for each holder, in grant order |
 /// | `P{TT}:queue:K` | sorted set | the waiting entries' lease ids, scored by their sequence number |
 /// | `P{TT}:waiting:K` | hash | lease id to `<mode><sequence number>,<renewed µs>,<waiter ttl ms>,<owner>` for each waiting entry |
 /// | `P{TT}:fence:K` | hash | the previous version's fencing counter: read once and deleted when the lock is migrated |

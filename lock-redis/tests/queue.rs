@@ -207,14 +207,7 @@ async fn leases_of_the_previous_version_are_carried_over() {
             store.acquire(bob).await.unwrap(),
             AcquireOutcome::Held(ref h) if h.owner == "old-owner"
         ));
-        let renewed = store
-            .renew(&[RenewEntry::held(&key, old)], TTL)
-            .await
-            .unwrap();
-        assert!(
-            matches!(renewed[0], RenewOutcome::Renewed { .. }),
-            "{renewed:?}"
-        );
+        renewed_as_held(&store, &key, old).await;
         assert_eq!(
             store.release(&key, old, Fencing::Enabled).await.unwrap(),
             ReleaseOutcome::Released
@@ -241,8 +234,49 @@ async fn leases_of_the_previous_version_are_carried_over() {
             redis(server, &["EXISTS", &names.fence]).await,
             RedisReply::Integer(0)
         );
+
+        // A short token (not 16 digits) cannot take the lone holder's
+        // form, whose fields the fast paths read by position, and is
+        // written with 16 digits in the general form: its holder is
+        // carried over, renewed and released all the same.
+        let key = unique_key("previous-short-token");
+        let names = store.redis_keys(&key);
+        let old = LeaseId::random();
+        let value = format!("{old}:old-owner");
+        redis(server, &["SET", &names.lock, &value, "PX", "30000"]).await;
+        redis(server, &["HSET", &names.fence, "token", "41"]).await;
+        renewed_as_held(&store, &key, old).await;
+        match redis(server, &["GET", &names.lock]).await {
+            RedisReply::Bulk(state) => {
+                assert!(state.starts_with(b"0000000000000041,"), "{state:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            store.release(&key, old, Fencing::Enabled).await.unwrap(),
+            ReleaseOutcome::Released
+        );
+        assert_eq!(
+            store.release(&key, old, Fencing::Enabled).await.unwrap(),
+            ReleaseOutcome::NotHeld
+        );
+        let dave = AcquireRequest::new(&key, "dave", LeaseId::random(), TTL);
+        let grant = granted(store.acquire(dave).await.unwrap());
+        assert!(grant.token.unwrap() > FencingToken::from(41_u64));
     })
     .await;
+}
+
+/// Renews `lease` on `key` as held, which must succeed.
+async fn renewed_as_held(store: &RedisStore, key: &str, lease: LeaseId) {
+    let renewed = store
+        .renew(&[RenewEntry::held(key, lease)], TTL)
+        .await
+        .unwrap();
+    assert!(
+        matches!(renewed[0], RenewOutcome::Renewed { .. }),
+        "{renewed:?}"
+    );
 }
 
 /// A grant published before the waiter subscribed (its channel was not

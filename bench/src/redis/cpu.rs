@@ -1,20 +1,21 @@
 //! Redis server CPU per uncontended acquire+release, from the server's own
 //! counters (`INFO commandstats`): each subject runs alone between a
 //! `CONFIG RESETSTAT` and a reading, in interleaved rounds, so no other
-//! subject's commands land in its figures.
+//! subject's commands land in its figures. Time moves with the machine:
+//! [`super::instructions`] counts the same work in instructions.
 
 use lock_redis::RedisStore;
 use redis::aio::ConnectionManager;
 
 use crate::driver::spread;
-use crate::measure::{count, median};
+use crate::measure::{count, median, paired_ratios};
 use crate::ours;
 use crate::report::Row;
 
 /// The least a script can do that reads the server's clock and a state
 /// string and writes the state back, as dlock's acquire and release both
 /// must: its cost, twice per pair, is the floor of any such design.
-const FLOOR_SCRIPT: &str = "local s = redis.pcall('GET', KEYS[1]) \
+pub(super) const FLOOR_SCRIPT: &str = "local s = redis.pcall('GET', KEYS[1]) \
     local t = redis.call('TIME') \
     redis.call('SET', KEYS[1], ARGV[1] .. t[1]) \
     return 1";
@@ -67,13 +68,10 @@ pub(super) async fn server_cpu(
             }
         }
     }
-    let ratios = |of: &[f64]| -> Vec<f64> {
-        of.iter()
-            .zip(&samples.raw)
-            .map(|(ours, raw)| ours / raw)
-            .collect()
-    };
-    let (to_raw, floor_to_raw) = (ratios(&samples.dlock), ratios(&samples.floor));
+    let (to_raw, floor_to_raw) = (
+        paired_ratios(&samples.dlock, &samples.raw),
+        paired_ratios(&samples.floor, &samples.raw),
+    );
     let floor_median = median(&mut samples.floor.clone());
     Ok(Row {
         backend: "redis",

@@ -3,10 +3,15 @@
 --
 --   K[1] S  the state string (KEYS[1]), no expiry. Idle: "<counter>".
 --              One holder, nobody waiting, the holder's token the counter
---              (what a fast grant writes, and a fast release reads):
---              "<lease id><m><seq>,<renewed us>,<ttl ms>,<limit>,<owner>".
---              Otherwise "<counter>,<limit>,<w>,<n>,<previous owner (n
---              bytes)>" followed by one
+--              (what a fast grant writes, and a fast release reads; <seq>
+--              and <renewed> have 16 digits, <ttl> 20 (zeros first), so
+--              the fields sit at fixed places from either end but for the
+--              owner's):
+--              "<seq>,<lease id><m>,<ttl ms>,<limit>,<owner>,<renewed us>".
+--              A fast release overwrites its "<lease id><m>" with RELEASED
+--              (idle again, the counter <seq>; the rest means nothing).
+--              Otherwise "<counter (16 digits)>,<limit>,<w>,<n>,<previous
+--              owner (n bytes)>" followed by one
 --              ";<lease id><m><seq>,<renewed us>,<ttl ms>,<n>,<owner>" per
 --              holder, in grant order. <w> is 1 while the queue may hold
 --              waiting entries; <m> is x (exclusive) or s (shared), upper
@@ -27,6 +32,14 @@
 -- returned as {"corrupt", i, text}. K holds the names of the lock at hand.
 
 local K, C
+
+-- The command that tells promoted entries they hold: PUBLISH, or SPUBLISH
+-- in a Cluster. Part of the text (ops/mod.rs writes which), not an
+-- argument: every argument costs the server time on every call.
+local publish = 'PUBLISH'
+
+-- What a fast release writes over the lone holder's lease id and mode.
+local RELEASED = '---------------------------------'
 
 -- Sets K and C for the lock whose state is named S.
 local function names(S)
@@ -143,16 +156,25 @@ local function load(s, now, now_us)
     st.counter = s
     return st
   end
-  local mode = string.byte(s, 33)
-  if mode == 120 or mode == 115 or mode == 88 or mode == 83 then
+  if string.byte(s, 17) == 44 and string.find(s, RELEASED, 18, true) == 18 then
+    -- Left by a fast release: the counter, and what no longer counts.
+    local q = string.sub(s, 1, 16)
+    if not string.find(q, '^%d+$') or not exact(q) then
+      corrupt(1, 'holds a string that is not a lock state')
+    end
+    st.counter = q
+    return st
+  end
+  local q, id, m, t, l, at = string.match(s, '^(%d+),(%x+)([xsXS]),(%d+),(%d+),()')
+  if q then
     -- The lone holder's form.
-    local id = string.sub(s, 1, 32)
-    local q, i, t, l, at = string.match(s, '^(%d+),(%d+),(%d+),(%d+),()', 34)
-    if not q or not is_lease_id(id) or not exact(q) or not exact(i) then
+    local i = string.sub(s, -16)
+    if #q ~= 16 or #id ~= 32 or not exact(q) or #s < at + 16 or string.byte(s, -17) ~= 44
+      or not string.find(i, '^%d+$') or not exact(i) then
       corrupt(1, 'holds a string that is not a lock state')
     end
     st.counter, st.limit = q, tonumber(l)
-    st.holders[1] = {id = id, m = string.char(mode), q = q, i = i, t = t, o = string.sub(s, at),
+    st.holders[1] = {id = id, m = m, q = q, i = i, t = t, o = string.sub(s, at, -18),
       e = i + t * 1000}
     return st
   end
@@ -319,9 +341,10 @@ local function settle(st, now)
 end
 
 -- Writes the state back (deleting it when it is empty and keep_counter is
--- false), then tells the promoted entries on the channel with the publish
--- command ("PUBLISH" or "SPUBLISH").
-local function save(st, keep_counter, publish)
+-- false), then tells the promoted entries on the channel. The fast paths
+-- read the lone holder's form by position, so a token of another width
+-- (carried over from the previous version) takes the general form.
+local function save(st, keep_counter)
   if st.drop_fence then
     redis.call('DEL', K[4])
   end
@@ -334,16 +357,24 @@ local function save(st, keep_counter, publish)
       else
         redis.call('DEL', K[1])
       end
-    elseif #holders == 1 and not st.w and not st.prev and lone.q == st.counter then
-      redis.call('SET', K[1], lone.id .. lone.m .. lone.q .. ',' .. lone.i .. ',' .. lone.t .. ','
-        .. st.limit .. ',' .. lone.o)
+    elseif #holders == 1 and not st.w and not st.prev and lone.q == st.counter and #lone.q == 16
+      and #lone.i == 16 then
+      local ttl = tostring(lone.t)
+      redis.call('SET', K[1], lone.q .. ',' .. lone.id .. lone.m .. ',' .. string.rep('0', 20 - #ttl)
+        .. ttl .. ',' .. st.limit .. ',' .. lone.o .. ',' .. lone.i)
     else
       local prev = st.prev or ''
       local limit = st.limit
       if #holders == 0 and not st.w then
         limit = 0
       end
-      local parts = {st.counter, ',', limit, ',', st.w and '1' or '0', ',', #prev, ',', prev}
+      -- 16 digits, so that nothing of this form sits where the lone
+      -- holder's lease id or RELEASED does.
+      local counter = st.counter
+      if #counter < 16 then
+        counter = string.rep('0', 16 - #counter) .. counter
+      end
+      local parts = {counter, ',', limit, ',', st.w and '1' or '0', ',', #prev, ',', prev}
       for _, h in ipairs(holders) do
         parts[#parts + 1] = ';' .. h.id .. h.m .. h.q .. ',' .. h.i .. ',' .. h.t .. ',' .. (h.ol or #h.o)
           .. ',' .. h.o

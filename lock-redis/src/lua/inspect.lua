@@ -1,7 +1,6 @@
 -- dlock inspect: what the store knows about one lock.
 --
 -- KEYS[1]  the lock's state (the other names are made from it)
--- ARGV[1]  "P" (PUBLISH) or "S" (SPUBLISH, Cluster)
 --
 -- Replies:
 --   {"none"} when the lock has no state
@@ -37,7 +36,7 @@ return guarded(function()
       offset = offset + 1000
     until #ids < 1000
   end
-  save(st, true, ARGV[1] == 'S' and 'SPUBLISH' or 'PUBLISH')
+  save(st, true)
   local limit = st.limit
   if #st.holders == 0 and waiting == 0 then
     limit = 0

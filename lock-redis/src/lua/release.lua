@@ -3,9 +3,11 @@
 -- the lock's channel. Never removes by key alone.
 --
 -- KEYS[1]  the lock's state (the other names are made from it)
--- ARGV[1]  lease id (32 lower-case hex digits)
--- ARGV[2]  "1" to keep the counter, "0" to delete a state left empty;
---          then "P" (PUBLISH) or "S" (SPUBLISH, Cluster)
+-- ARGV[1]  "<lease id><x or X>": 32 lower-case hex digits, then the mode
+--          letter of an exclusive entry with the release's fencing (x: it
+--          mints tokens), what the fast path looks for
+-- ARGV[2]  absent with fencing on (the counter stays); present (any value)
+--          with it off: a state left empty may be deleted
 --
 -- Replies: 1 released, 0 not held (nothing changed), or
 -- {"corrupt", key index, what is wrong}.
@@ -14,17 +16,18 @@ local s = redis.pcall('GET', KEYS[1])
 if not s then
   return 0
 end
--- Fast path: the lease is the lone holder (its form has fixed widths while
--- tokens have 16 digits: the lease id, its mode, token, renewal time).
-if type(s) == 'string' and string.sub(s, 1, 32) == ARGV[1] and string.byte(s, 33) ~= 58
-  and string.byte(s, 50) == 44 and string.byte(s, 67) == 44 then
-  local comma = string.find(s, ',', 68, true)
+-- Fast path: the lease is the lone holder of an exclusive lock, with the
+-- letter the release names (its fields sit at fixed places: common.lua),
+-- and has not expired. Its "<lease id><m>" becomes RELEASED (of
+-- common.lua): one write in place, nothing to cut out or copy.
+if not s.err and string.find(s, ARGV[1], 18, true) == 18 then
   local t = redis.call('TIME')
-  if comma and string.sub(s, 51, 66) + string.sub(s, 68, comma - 1) * 1000 > t[1] * 1000000 + t[2] then
-    if string.byte(ARGV[2], 1) == 49 then
-      redis.call('SET', KEYS[1], string.sub(s, 34, 49))
-    else
+  if string.sub(s, -16) + string.sub(s, 52, 71) * 1000 > t[1] * 1000000 + t[2] then
+    if ARGV[2] then
       redis.call('DEL', KEYS[1])
+    else
+      -- ('17', not 17: a number argument is formatted by sprintf.)
+      redis.call('SETRANGE', KEYS[1], '17', '---------------------------------')
     end
     return 1
   end
@@ -33,9 +36,8 @@ end
 --[[common]]
 
 names(KEYS[1])
-local id = ARGV[1]
-local keep = string.sub(ARGV[2], 1, 1) == '1'
-local publish = string.sub(ARGV[2], 2, 2) == 'S' and 'SPUBLISH' or 'PUBLISH'
+local id = string.sub(ARGV[1], 1, 32)
+local keep = not ARGV[2]
 
 return guarded(function()
   local now, now_us = clock()
@@ -64,7 +66,7 @@ return guarded(function()
     -- The entries behind it may hold now.
     settle(st, now)
   end
-  save(st, keep, publish)
+  save(st, keep)
   if released then
     return 1
   end

@@ -5,8 +5,7 @@
 -- KEYS[i]         the state of entry i's lock (the other names are made
 --                 from it)
 -- ARGV[1]         ttl in ms
--- ARGV[2]         "P" (PUBLISH) or "S" (SPUBLISH, Cluster)
--- ARGV[2i+1..+2]  entry i: lease id; then "" (held), a waiter ttl in ms
+-- ARGV[2i..2i+1]  entry i: lease id; then "" (held), a waiter ttl in ms
 --                 (waiting), or "?" (waiting, only look)
 --
 -- Reply: one string per entry, in order: "r" renewed, "g<token>" holds
@@ -17,7 +16,6 @@
 --[[common]]
 
 local ttl = ARGV[1]
-local publish = ARGV[2] == 'S' and 'SPUBLISH' or 'PUBLISH'
 local now, now_us = clock()
 
 local function renew(id, wttl)
@@ -28,7 +26,7 @@ local function renew(id, wttl)
       if wttl ~= '?' then
         h.i, h.t, h.e, st.dirty = now_us, ttl, now + ttl * 1000, true
       end
-      save(st, true, publish)
+      save(st, true)
       if wttl == '' then
         return 'r'
       end
@@ -59,14 +57,14 @@ local function renew(id, wttl)
       end
     end
   end
-  save(st, true, publish)
+  save(st, true)
   return outcome
 end
 
 local outcomes = {}
 for n = 1, #KEYS do
   names(KEYS[n])
-  local ok, outcome = pcall(renew, ARGV[2 * n + 1], ARGV[2 * n + 2])
+  local ok, outcome = pcall(renew, ARGV[2 * n], ARGV[2 * n + 1])
   if not ok then
     if type(outcome) == 'table' and outcome.corrupt then
       outcome = 'c' .. outcome.corrupt .. outcome.what

@@ -5,16 +5,17 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use lock_core::{AcquireOutcome, AcquireRequest, Grant, LockMode, Queued, StoreError};
-use redis::{Script, Value};
+use redis::Value;
 
 use super::{
-    bytes_at, corrupt_reply, holder_at, int_at, millis, mode_letter, reply_items, script, token_of,
-    ttl_millis,
+    OpScript, bytes_at, corrupt_reply, holder_at, int_at, millis, mode_letter, reply_items,
+    token_of, ttl_millis,
 };
 use crate::error::{map_redis_error, unexpected_reply};
 use crate::store::RedisStore;
 
-static ACQUIRE: LazyLock<Script> = LazyLock::new(|| script(include_str!("../lua/acquire.lua")));
+static ACQUIRE: LazyLock<OpScript> =
+    LazyLock::new(|| OpScript::new(include_str!("../lua/acquire.lua")));
 
 /// One script call. Replies: the token alone (a free key granted), or
 /// `granted`, `held`, `queued`, `limit` or `corrupt` with their fields.
@@ -41,31 +42,25 @@ async fn send(
     let keys = store.redis_keys(key);
     let ttl_ms = ttl_millis(request.ttl);
     let waiter_ms = request.queue.map(ttl_millis);
-    let mut invocation = ACQUIRE.prepare_invoke();
-    // Ready made for the fast path: what a grant writes around the token.
-    invocation
-        .key(&keys.lock)
-        .arg(format!(
-            "{}{}",
-            request.lease_id,
-            mode_letter(request.mode, request.fencing)
-        ))
-        .arg(format!(
-            ",{ttl_ms},{},{}",
-            // Exclusive entries neither set nor check the limit: 0 keeps
-            // the lone holder's form free of one.
-            if request.mode == LockMode::Shared {
-                request.limit.max(1)
-            } else {
-                0
-            },
-            request.owner
-        ))
-        .arg(format!(
-            "{}{}",
-            store.inner.conn.publish_flag(),
-            waiter_ms.map_or_else(String::new, |ms| ms.to_string())
-        ));
+    let mut invocation = ACQUIRE.invocation(store);
+    // Ready made for the fast path: what a grant writes between the token
+    // and the renewal time (both the server's clock).
+    invocation.key(&keys.lock).arg(format!(
+        ",{}{},{ttl_ms:020},{},{},",
+        request.lease_id,
+        mode_letter(request.mode, request.fencing),
+        // Exclusive entries neither set nor check the limit: 0 keeps the
+        // lone holder's form free of one.
+        if request.mode == LockMode::Shared {
+            request.limit.max(1)
+        } else {
+            0
+        },
+        request.owner
+    ));
+    if let Some(ms) = waiter_ms {
+        invocation.arg(ms);
+    }
     // Grants for the entry are kept from before it can be queued.
     if request.queue.is_some() {
         store
@@ -83,9 +78,10 @@ async fn send(
     let reply = match reply {
         // The fast path: a free key, granted.
         Value::BulkString(token) => {
-            return Ok(AcquireOutcome::Acquired(match token_of(key, &token)? {
-                Some(token) => grant.with_token(token),
-                None => grant,
+            let token = token_of(key, &token)?;
+            return Ok(AcquireOutcome::Acquired(match token {
+                Some(token) if request.fencing.is_enabled() => grant.with_token(token),
+                _ => grant,
             }));
         }
         other => other,

@@ -4,13 +4,13 @@
 use std::sync::LazyLock;
 
 use lock_core::{LeaseInfo, StoreError};
-use redis::Script;
 
-use super::{bytes_at, corrupt_reply, holder_at, int_at, reply_items, script, token_of};
+use super::{OpScript, bytes_at, corrupt_reply, holder_at, int_at, reply_items, token_of};
 use crate::error::{map_redis_error, unexpected_reply};
 use crate::store::RedisStore;
 
-static INSPECT: LazyLock<Script> = LazyLock::new(|| script(include_str!("../lua/inspect.lua")));
+static INSPECT: LazyLock<OpScript> =
+    LazyLock::new(|| OpScript::new(include_str!("../lua/inspect.lua")));
 
 /// One script call. Replies: `none` (no state), `info` (last token or "",
 /// limit, waiting count, then owner, remaining ms and mode per holder), or
@@ -20,10 +20,8 @@ pub(super) async fn inspect(
     key: &str,
 ) -> Result<Option<LeaseInfo>, StoreError> {
     let keys = store.redis_keys(key);
-    let mut invocation = INSPECT.prepare_invoke();
-    invocation
-        .key(&keys.lock)
-        .arg(store.inner.conn.publish_flag());
+    let mut invocation = INSPECT.invocation(store);
+    invocation.key(&keys.lock);
     let reply = store
         .inner
         .conn

@@ -17,7 +17,7 @@ use lock_core::{
     LeaseInfo, LeaseStore, LockMode, ReleaseOutcome, RenewEntry, RenewOutcome, StoreError,
     WaitOutcome,
 };
-use redis::{Script, Value};
+use redis::{Script, ScriptInvocation, Value};
 
 use crate::error::unexpected_reply;
 use crate::keys::RedisKeys;
@@ -65,10 +65,36 @@ impl LeaseStore for RedisStore {
     }
 }
 
-/// A script: `body` with the shared part (`src/lua/common.lua`) in place
-/// of its `--[[common]]` line, after the script's fast path.
-fn script(body: &str) -> Script {
-    Script::new(&body.replacen("--[[common]]", include_str!("../lua/common.lua"), 1))
+/// One operation's script: `body` with the shared part
+/// (`src/lua/common.lua`) in place of its `--[[common]]` line, after the
+/// script's fast path; once with `PUBLISH` for a standalone server, once
+/// with `SPUBLISH` for a Cluster. The command is part of the text rather
+/// than an argument, as every argument costs the server time on each call.
+struct OpScript {
+    standalone: Script,
+    cluster: Script,
+}
+
+/// The line of `common.lua` that names the publish command.
+const PUBLISH_LINE: &str = "local publish = 'PUBLISH'";
+
+impl OpScript {
+    fn new(body: &str) -> Self {
+        let text = body.replacen("--[[common]]", include_str!("../lua/common.lua"), 1);
+        Self {
+            standalone: Script::new(&text),
+            cluster: Script::new(&text.replacen(PUBLISH_LINE, "local publish = 'SPUBLISH'", 1)),
+        }
+    }
+
+    /// A call of the script as `store`'s deployment needs it.
+    fn invocation(&self, store: &RedisStore) -> ScriptInvocation<'_> {
+        if store.inner.conn.is_cluster() {
+            self.cluster.prepare_invoke()
+        } else {
+            self.standalone.prepare_invoke()
+        }
+    }
 }
 
 /// The mode letter of an entry: `x` or `s`, upper case when the entry
@@ -207,6 +233,38 @@ mod tests {
         assert_eq!(mode_letter(LockMode::Exclusive, Fencing::Enabled), 'x');
         assert_eq!(mode_letter(LockMode::Shared, Fencing::Enabled), 's');
         assert_eq!(mode_letter(LockMode::Shared, Fencing::Disabled), 'S');
+    }
+
+    #[test]
+    fn cluster_scripts_publish_to_the_shard() {
+        assert_eq!(
+            include_str!("../lua/common.lua")
+                .matches(PUBLISH_LINE)
+                .count(),
+            1
+        );
+        let script = OpScript::new("--[[common]]");
+        assert_ne!(script.standalone.get_hash(), script.cluster.get_hash());
+    }
+
+    #[test]
+    fn fast_paths_write_and_read_the_released_mark_of_common() {
+        let common = include_str!("../lua/common.lua");
+        let mark = common
+            .lines()
+            .find_map(|line| line.strip_prefix("local RELEASED = "))
+            .expect("RELEASED in common.lua");
+        assert_eq!(
+            mark.len(),
+            33 + 2,
+            "32 hex digits and a mode letter, quoted"
+        );
+        for fast_path in [
+            include_str!("../lua/acquire.lua"),
+            include_str!("../lua/release.lua"),
+        ] {
+            assert!(fast_path.contains(mark));
+        }
     }
 
     #[test]

@@ -4,14 +4,15 @@
 
 use std::sync::LazyLock;
 
-use lock_core::{Fencing, LeaseId, ReleaseOutcome, StoreError};
-use redis::{Script, Value};
+use lock_core::{Fencing, LeaseId, LockMode, ReleaseOutcome, StoreError};
+use redis::Value;
 
-use super::{corrupt_reply, reply_items, script};
+use super::{OpScript, corrupt_reply, mode_letter, reply_items};
 use crate::error::{map_redis_error, unexpected_reply};
 use crate::store::RedisStore;
 
-static RELEASE: LazyLock<Script> = LazyLock::new(|| script(include_str!("../lua/release.lua")));
+static RELEASE: LazyLock<OpScript> =
+    LazyLock::new(|| OpScript::new(include_str!("../lua/release.lua")));
 
 /// One script call. The counter stays, unless `fencing` is disabled and
 /// the lock is left without entries. Replies: 1 released, 0 not held, or
@@ -24,15 +25,16 @@ pub(super) async fn release(
 ) -> Result<ReleaseOutcome, StoreError> {
     store.inner.waiters.forget(lease_id);
     let keys = store.redis_keys(key);
-    let mut invocation = RELEASE.prepare_invoke();
-    invocation
-        .key(&keys.lock)
-        .arg(lease_id.to_string())
-        .arg(format!(
-            "{}{}",
-            if fencing.is_enabled() { "1" } else { "0" },
-            store.inner.conn.publish_flag()
-        ));
+    let mut invocation = RELEASE.invocation(store);
+    // The fast path looks for the entry an exclusive lock with this
+    // fencing writes; a second argument only when the counter may go.
+    invocation.key(&keys.lock).arg(format!(
+        "{lease_id}{}",
+        mode_letter(LockMode::Exclusive, fencing)
+    ));
+    if !fencing.is_enabled() {
+        invocation.arg(0);
+    }
     let reply = store
         .inner
         .conn

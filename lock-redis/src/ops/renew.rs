@@ -7,15 +7,16 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use lock_core::{FencingToken, Grant, LeaseId, RenewEntry, RenewOutcome, StoreError};
-use redis::{Script, Value};
+use redis::Value;
 
-use super::{corrupt, millis, script, token_of, ttl_millis};
+use super::{OpScript, corrupt, millis, token_of, ttl_millis};
 use crate::batch::{Indexed, batches};
 use crate::error::{map_redis_error, unexpected_reply};
 use crate::keys::RedisKeys;
 use crate::store::RedisStore;
 
-static RENEW: LazyLock<Script> = LazyLock::new(|| script(include_str!("../lua/renew.lua")));
+static RENEW: LazyLock<OpScript> =
+    LazyLock::new(|| OpScript::new(include_str!("../lua/renew.lua")));
 
 /// One script call per batch (per hash tag in Cluster mode), all
 /// concurrently; the first failed call fails the round.
@@ -62,11 +63,10 @@ pub(super) async fn look(
     lease_id: LeaseId,
 ) -> Result<Standing, StoreError> {
     let keys = store.redis_keys(key);
-    let mut invocation = RENEW.prepare_invoke();
+    let mut invocation = RENEW.invocation(store);
     invocation
         .key(&keys.lock)
         .arg(1)
-        .arg(store.inner.conn.publish_flag())
         .arg(lease_id.to_string())
         .arg("?");
     let reply = store
@@ -101,8 +101,8 @@ async fn renew_batch(
         .iter()
         .map(|(_, e)| store.redis_keys(e.key))
         .collect();
-    let mut invocation = RENEW.prepare_invoke();
-    invocation.arg(ttl_ms).arg(store.inner.conn.publish_flag());
+    let mut invocation = RENEW.invocation(store);
+    invocation.arg(ttl_ms);
     let mut waiter_ms = Vec::with_capacity(entries.len());
     for ((_, entry), names) in entries.iter().zip(&keys) {
         let wait = entry.wait_ttl.map(ttl_millis);
