@@ -359,7 +359,8 @@ local function save(st, keep_counter)
       end
     elseif #holders == 1 and not st.w and not st.prev and lone.q == st.counter and #lone.q == 16
       and #lone.i == 16 then
-      local ttl = tostring(lone.t)
+      -- (A carried-over lease's ttl is a number: digits, never 1e+17.)
+      local ttl = string.format('%.0f', lone.t)
       redis.call('SET', K[1], lone.q .. ',' .. lone.id .. lone.m .. ',' .. string.rep('0', 20 - #ttl)
         .. ttl .. ',' .. st.limit .. ',' .. lone.o .. ',' .. lone.i)
     else
