@@ -29,6 +29,9 @@ enum Bug {
     /// Waiting entries live a hundred times their waiter ttl: a dead
     /// waiter stalls the queue.
     WaitersOutliveTheirTtl,
+    /// Release checks the lease id but not the expiry: the key's last
+    /// grantee is answered Released however late it comes.
+    ReleaseIgnoresExpiry,
 }
 
 /// MemoryStore with one bug switched on. Clones share everything, like
@@ -127,6 +130,14 @@ impl LeaseStore for BuggyStore {
                 self.inner.release(key, current, fencing).await
             }
             Bug::TokensResetOnRelease => self.inner.release(key, lease_id, Fencing::Disabled).await,
+            Bug::ReleaseIgnoresExpiry => {
+                let outcome = self.inner.release(key, lease_id, fencing).await?;
+                if outcome == ReleaseOutcome::NotHeld && self.latest(key) == Some(lease_id) {
+                    self.latest.lock().unwrap().remove(key);
+                    return Ok(ReleaseOutcome::Released);
+                }
+                Ok(outcome)
+            }
             _ => self.inner.release(key, lease_id, fencing).await,
         }
     }
@@ -171,6 +182,15 @@ async fn the_suite_catches_release_by_key_alone() {
             "release_by_a_superseded_lease_changes_nothing",
             "release_with_a_foreign_lease_id_keeps_the_holder",
         ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_suite_catches_a_release_that_ignores_expiry() {
+    suite_catches(
+        Bug::ReleaseIgnoresExpiry,
+        &["release_by_an_expired_lease_changes_nothing"],
     )
     .await;
 }

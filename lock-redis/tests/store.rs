@@ -134,52 +134,6 @@ async fn takeovers_name_the_previous_owner() {
     .await;
 }
 
-/// The state string puts the owner between fields the fast paths read by
-/// position: an owner made of the state's separators and of the mark a
-/// release leaves round-trips, and neither path mistakes it for them. A
-/// release that comes after the expiry changes nothing (the next grant
-/// still names the owner as taken over).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn owners_made_of_the_state_separators_round_trip() {
-    bounded(async {
-        let server = start_or_skip!(shared_redis());
-        let store = RedisStore::connect(server.url()).await.unwrap();
-        let key = unique_key("separator-owner");
-        let owner = ",---------------------------------,1,0,;x,";
-        let (lease, first) = grant(&store, &key, owner, Duration::from_secs(30)).await;
-        let info = store.inspect(&key).await.unwrap().unwrap();
-        assert_eq!(info.holder.map(|h| h.owner), Some(owner.to_owned()));
-        assert_eq!(
-            store.release(&key, lease, Fencing::Enabled).await.unwrap(),
-            ReleaseOutcome::Released
-        );
-        assert_eq!(
-            store.release(&key, lease, Fencing::Enabled).await.unwrap(),
-            ReleaseOutcome::NotHeld
-        );
-        let info = store.inspect(&key).await.unwrap().unwrap();
-        assert_eq!((info.holder, info.last_token), (None, first.token.clone()));
-
-        let ttl = Duration::from_millis(100);
-        let (lease, second) = grant(&store, &key, owner, ttl).await;
-        assert!(second.token > first.token);
-        let give_up = Instant::now() + Duration::from_secs(5);
-        while store.inspect(&key).await.unwrap().unwrap().holder.is_some() {
-            assert!(Instant::now() < give_up, "never expired");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(
-            store.release(&key, lease, Fencing::Enabled).await.unwrap(),
-            ReleaseOutcome::NotHeld
-        );
-        let request = AcquireRequest::new(&key, "bob", LeaseId::random(), ttl);
-        let takeover = granted(store.acquire(request).await.unwrap());
-        assert_eq!(takeover.previous_owner.as_deref(), Some(owner));
-        assert!(takeover.token > second.token);
-    })
-    .await;
-}
-
 /// An acquisition sent again with the same lease id (its first reply was
 /// lost) is granted again with the same token, not refused by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -44,6 +44,7 @@ macro_rules! __for_each_case {
             renew_takes_a_full_batch: Nothing,
             release_frees_the_key: Nothing,
             release_by_a_superseded_lease_changes_nothing: Nothing,
+            release_by_an_expired_lease_changes_nothing: Nothing,
             release_with_a_foreign_lease_id_keeps_the_holder: Nothing,
             release_twice_and_unknown_keys_are_not_held: Nothing,
             fencing_tokens_increase_across_release: Fencing,

@@ -270,6 +270,30 @@ pub async fn release_by_a_superseded_lease_changes_nothing<F: StoreFactory>(fact
     assert!(matches!(outcomes[0], RenewOutcome::Renewed { .. }));
 }
 
+/// A late release by a lease that expired while nobody took the key
+/// answers NotHeld and changes nothing: the next grant is a takeover (it
+/// names the expired owner, when the store reports one), not a grant after
+/// a release.
+pub async fn release_by_an_expired_lease_changes_nothing<F: StoreFactory>(factory: &F) {
+    let store = factory.connect().await;
+    let caps = store.capabilities();
+    let ttl = short_ttl(&caps);
+    let key = unique_key("release_by_an_expired_lease_changes_nothing");
+    let (lease, first) = grant(&store, &key, "alice", ttl).await;
+    let limit = first.ttl + expiry_slack(&caps);
+    crate::support::eventually(limit, "the lease expires", || async {
+        holder_of(&store, &key).await.is_none()
+    })
+    .await;
+    let outcome = store.release(&key, lease, Fencing::Enabled).await.unwrap();
+    assert_eq!(outcome, ReleaseOutcome::NotHeld);
+    let (_, grant) = grant(&store, &key, "bob", ttl).await;
+    if let Some(previous) = grant.previous_owner {
+        assert_eq!(previous, "alice");
+    }
+    assert!(grant.token > first.token);
+}
+
 /// A release with a lease id that never held the key leaves the holder.
 pub async fn release_with_a_foreign_lease_id_keeps_the_holder<F: StoreFactory>(factory: &F) {
     let store = factory.connect().await;
@@ -414,8 +438,9 @@ pub async fn inspect_reports_holder_remaining_and_token<F: StoreFactory>(factory
 }
 
 /// Ids with quotes, wildcards of SQL, glob and Redis patterns, braces (hash
-/// tags), newlines and emoji are stored and matched exactly: holding one
-/// never makes a look-alike key held.
+/// tags), newlines, emoji and the separators of state strings are stored
+/// and matched exactly, as owners too: holding one never makes a
+/// look-alike key held.
 pub async fn weird_ids_are_stored_and_matched_exactly<F: StoreFactory>(factory: &F) {
     let store = factory.connect().await;
     let ttl = 10 * short_ttl(&store.capabilities());
@@ -433,6 +458,11 @@ pub async fn weird_ids_are_stored_and_matched_exactly<F: StoreFactory>(factory: 
         ("🔒 lock", "🔓 lock"),
         ("trailing ", "trailing"),
         ("Case", "case"),
+        // Separators of stored state strings, and a release mark.
+        (
+            ",---------------------------------,1,0,;x:y,",
+            ",--,1,0,;x:y,",
+        ),
     ];
     for (id, look_alike) in weird {
         let key = format!("{base}/{id}");

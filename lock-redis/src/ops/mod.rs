@@ -257,7 +257,7 @@ mod tests {
         assert_eq!(
             mark.len(),
             33 + 2,
-            "32 hex digits and a mode letter, quoted"
+            "as long as a lease id and its mode letter, quoted"
         );
         for fast_path in [
             include_str!("../lua/acquire.lua"),
