@@ -1,8 +1,10 @@
 //! Cases for the `LeaseStore` contract, through raw store calls.
 
 use lock_core::{
-    AcquireRequest, Fencing, LeaseId, LeaseStore, ReleaseOutcome, RenewEntry, RenewOutcome,
+    AcquireRequest, Fencing, Grant, LeaseId, LeaseStore, ReleaseOutcome, RenewEntry, RenewOutcome,
 };
+use std::time::Duration;
+
 use tokio::time::Instant;
 
 use crate::support::{
@@ -130,21 +132,28 @@ pub async fn renew_of_a_superseded_lease_is_lost<F: StoreFactory>(factory: &F) {
 /// nobody took the key, and the renewal does not bring it back.
 pub async fn renew_of_an_expired_lease_is_lost<F: StoreFactory>(factory: &F) {
     let store = factory.connect().await;
-    let caps = store.capabilities();
-    let ttl = short_ttl(&caps);
+    let ttl = short_ttl(&store.capabilities());
     let key = unique_key("renew_of_an_expired_lease_is_lost");
-    let (lease, first) = grant(&store, &key, "alice", ttl).await;
-    let limit = first.ttl + expiry_slack(&caps);
-    crate::support::eventually(limit, "the lease expires", || async {
-        holder_of(&store, &key).await.is_none()
-    })
-    .await;
+    let (lease, _) = expired_grant(&store, &key, ttl).await;
     let outcomes = store
         .renew(&[RenewEntry::held(&key, lease)], ttl)
         .await
         .unwrap();
     assert_eq!(outcomes, vec![RenewOutcome::Lost]);
     assert_eq!(holder_of(&store, &key).await, None, "renew never recreates");
+}
+
+/// Alice's grant of `key` for `ttl`, once it has expired by the store's
+/// clock (nobody took the key).
+async fn expired_grant<S: LeaseStore>(store: &S, key: &str, ttl: Duration) -> (LeaseId, Grant) {
+    let caps = store.capabilities();
+    let (lease, first) = grant(store, key, "alice", ttl).await;
+    let limit = first.ttl + expiry_slack(&caps);
+    crate::support::eventually(limit, "the lease expires", || async {
+        holder_of(store, key).await.is_none()
+    })
+    .await;
+    (lease, first)
 }
 
 /// A released lease can not be renewed.
@@ -276,15 +285,9 @@ pub async fn release_by_a_superseded_lease_changes_nothing<F: StoreFactory>(fact
 /// a release.
 pub async fn release_by_an_expired_lease_changes_nothing<F: StoreFactory>(factory: &F) {
     let store = factory.connect().await;
-    let caps = store.capabilities();
-    let ttl = short_ttl(&caps);
+    let ttl = short_ttl(&store.capabilities());
     let key = unique_key("release_by_an_expired_lease_changes_nothing");
-    let (lease, first) = grant(&store, &key, "alice", ttl).await;
-    let limit = first.ttl + expiry_slack(&caps);
-    crate::support::eventually(limit, "the lease expires", || async {
-        holder_of(&store, &key).await.is_none()
-    })
-    .await;
+    let (lease, first) = expired_grant(&store, &key, ttl).await;
     let outcome = store.release(&key, lease, Fencing::Enabled).await.unwrap();
     assert_eq!(outcome, ReleaseOutcome::NotHeld);
     let (_, grant) = grant(&store, &key, "bob", ttl).await;
