@@ -1,13 +1,25 @@
 //! Same-process wake-ups for stores without notifications.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::{LeaseId, WaitOutcome};
+
+/// How long a wait announced by [`LocalWakers::expect_wait`] keeps a
+/// wake-up for its lease when no [`LocalWakers::wait_for`] comes: a
+/// waiter looks again at least this often (the stores' poll intervals
+/// are shorter), so an older announcement belongs to a waiter that
+/// stopped waiting.
+const EXPECTED_FOR: Duration = Duration::from_secs(2);
+
+/// The most announced waits kept: beyond it, the oldest go first (their
+/// waiters then learn of a grant at their next poll).
+const MAX_EXPECTED: usize = 4096;
 
 /// The waits of this process on each key, woken when this process releases
 /// an entry of the key, for stores that cannot notify waiters
@@ -16,9 +28,7 @@ use crate::{LeaseId, WaitOutcome};
 ///
 /// A waiter in the same process then renews its entry at once and learns
 /// that it holds, instead of at its next poll; waiters in other processes
-/// still poll. A wake-up that comes between a waiter's last look at the
-/// queue and its next [`wait`](Self::wait) is missed, which costs that
-/// waiter one poll, as without this.
+/// still poll.
 ///
 /// A store that learns from its release who holds now (the item as the
 /// release left it) wakes only those waits with
@@ -26,6 +36,16 @@ use crate::{LeaseId, WaitOutcome};
 /// [`wait_for`](Self::wait_for): on a server that answers one request at a
 /// time, every waiter of a key looking again at each release can cost
 /// more than the polls it saves.
+///
+/// **No wake-up is lost between a look and a wait.** A waiter looks at the
+/// queue (its acquisition answers `Queued`, a renewal `Waiting`) and then
+/// waits; a release in between would find no wait to end, and the waiter
+/// would sleep to its next poll while the lock sits unused. A store that
+/// calls [`expect_wait`](Self::expect_wait) when it answers that an entry
+/// waits makes the wait exist from that moment: a wake-up before the
+/// waiter's [`wait_for`](Self::wait_for) is kept, and that wait ends at
+/// once. An announced wait that nobody takes up is forgotten after two
+/// seconds.
 ///
 /// # Examples
 ///
@@ -52,16 +72,44 @@ use crate::{LeaseId, WaitOutcome};
 /// assert_eq!(waiting.await.unwrap(), WaitOutcome::Changed);
 /// # }
 /// ```
+///
+/// A wake-up between the look and the wait is kept when the store
+/// announced the wait:
+///
+/// ```
+/// use std::time::Duration;
+/// use lock_core::{LeaseId, LocalWakers, WaitOutcome};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let wakers = LocalWakers::default();
+/// let lease_id = LeaseId::random();
+/// // The store answered that the entry waits...
+/// wakers.expect_wait("nightly-report", lease_id);
+/// // ... a release promotes it before its owner waits ...
+/// wakers.wake_where("nightly-report", |promoted| promoted == lease_id);
+/// // ... and the wait ends at once.
+/// let heard = wakers.wait_for("nightly-report", lease_id, Duration::from_secs(60)).await;
+/// assert_eq!(heard, WaitOutcome::Changed);
+/// # }
+/// ```
 #[derive(Default)]
 pub struct LocalWakers {
-    keys: Mutex<HashMap<String, Vec<Wait>>>,
+    state: Mutex<State>,
     serials: AtomicU64,
+}
+
+#[derive(Default)]
+struct State {
+    keys: HashMap<String, Vec<Wait>>,
+    /// Announced waits in the order announced: (when, key, serial).
+    expected: VecDeque<(Instant, String, u64)>,
 }
 
 impl std::fmt::Debug for LocalWakers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalWakers")
-            .field("keys", &self.keys().len())
+            .field("keys", &self.state().keys.len())
             .finish()
     }
 }
@@ -73,6 +121,9 @@ struct Wait {
     serial: u64,
     lease_id: Option<LeaseId>,
     notify: Arc<Notify>,
+    /// Announced by [`LocalWakers::expect_wait`] at this instant and not
+    /// yet taken up by a [`LocalWakers::wait_for`].
+    announced: Option<Instant>,
 }
 
 /// One wait's registration; unregisters on drop.
@@ -84,20 +135,48 @@ struct Interest<'a> {
 
 impl Drop for Interest<'_> {
     fn drop(&mut self) {
-        let mut keys = self.wakers.keys();
-        if let Some(waits) = keys.get_mut(self.key) {
-            waits.retain(|wait| wait.serial != self.serial);
+        self.wakers.state().remove(self.key, self.serial);
+    }
+}
+
+impl State {
+    fn remove(&mut self, key: &str, serial: u64) {
+        if let Some(waits) = self.keys.get_mut(key) {
+            waits.retain(|wait| wait.serial != serial);
             if waits.is_empty() {
-                keys.remove(self.key);
+                self.keys.remove(key);
+            }
+        }
+    }
+
+    /// Forgets announced waits nobody took up in time, and the oldest ones
+    /// beyond [`MAX_EXPECTED`].
+    fn forget_stale(&mut self, now: Instant) {
+        while let Some((at, _, _)) = self.expected.front() {
+            let overfull = self.expected.len() > MAX_EXPECTED;
+            if !overfull && now.duration_since(*at) < EXPECTED_FOR {
+                break;
+            }
+            let Some((at, key, serial)) = self.expected.pop_front() else {
+                break;
+            };
+            // Only if still untaken, and not announced again since.
+            let stale = self.keys.get(&key).is_some_and(|waits| {
+                waits
+                    .iter()
+                    .any(|wait| wait.serial == serial && wait.announced.is_some_and(|t| t <= at))
+            });
+            if stale {
+                self.remove(&key, serial);
             }
         }
     }
 }
 
 impl LocalWakers {
-    fn keys(&self) -> MutexGuard<'_, HashMap<String, Vec<Wait>>> {
+    fn state(&self) -> MutexGuard<'_, State> {
         // Every update under this lock is complete before it can panic.
-        self.keys.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Waits until this process releases an entry of `key`
@@ -113,7 +192,8 @@ impl LocalWakers {
     /// Waits for the entry of `lease_id` on `key`: until a
     /// [`wake`](Self::wake) of the key, a [`wake_where`](Self::wake_where)
     /// that picks `lease_id` ([`WaitOutcome::Changed`]), or `max`
-    /// ([`WaitOutcome::TimedOut`]).
+    /// ([`WaitOutcome::TimedOut`]). A wake-up that came after an
+    /// [`expect_wait`](Self::expect_wait) for the lease ends it at once.
     ///
     /// # Cancel safety
     ///
@@ -122,14 +202,65 @@ impl LocalWakers {
         self.wait_inner(key, Some(lease_id), max).await
     }
 
-    async fn wait_inner(&self, key: &str, lease_id: Option<LeaseId>, max: Duration) -> WaitOutcome {
-        let notify = Arc::new(Notify::new());
+    /// Announces that the entry of `lease_id` on `key` waits, as a store
+    /// just answered: from now on a wake-up for it is kept for its next
+    /// [`wait_for`](Self::wait_for) (for at most two seconds), so a release
+    /// between the answer and that wait is not missed. Counts in
+    /// [`waits`](Self::waits).
+    pub fn expect_wait(&self, key: &str, lease_id: LeaseId) {
+        let now = Instant::now();
+        let mut state = self.state();
+        state.forget_stale(now);
+        let waits = state.keys.entry(key.to_owned()).or_default();
+        if let Some(wait) = waits
+            .iter_mut()
+            .find(|wait| wait.lease_id == Some(lease_id))
+        {
+            // Announced again (refreshed), or already waiting (nothing to do).
+            if wait.announced.is_some() {
+                wait.announced = Some(now);
+                let serial = wait.serial;
+                state.expected.push_back((now, key.to_owned(), serial));
+            }
+            return;
+        }
         let serial = self.serials.fetch_add(1, Ordering::Relaxed);
-        self.keys().entry(key.to_owned()).or_default().push(Wait {
+        waits.push(Wait {
             serial,
-            lease_id,
-            notify: notify.clone(),
+            lease_id: Some(lease_id),
+            notify: Arc::new(Notify::new()),
+            announced: Some(now),
         });
+        state.expected.push_back((now, key.to_owned(), serial));
+    }
+
+    async fn wait_inner(&self, key: &str, lease_id: Option<LeaseId>, max: Duration) -> WaitOutcome {
+        let (serial, notify) = {
+            let mut state = self.state();
+            let waits = state.keys.entry(key.to_owned()).or_default();
+            let announced = lease_id.and_then(|lease_id| {
+                waits
+                    .iter_mut()
+                    .find(|wait| wait.lease_id == Some(lease_id) && wait.announced.is_some())
+            });
+            match announced {
+                Some(wait) => {
+                    wait.announced = None;
+                    (wait.serial, wait.notify.clone())
+                }
+                None => {
+                    let serial = self.serials.fetch_add(1, Ordering::Relaxed);
+                    let notify = Arc::new(Notify::new());
+                    waits.push(Wait {
+                        serial,
+                        lease_id,
+                        notify: notify.clone(),
+                        announced: None,
+                    });
+                    (serial, notify)
+                }
+            }
+        };
         let _interest = Interest {
             wakers: self,
             key,
@@ -144,29 +275,28 @@ impl LocalWakers {
     /// An entry of `key` was released by this process: every wait on it
     /// ends with [`WaitOutcome::Changed`].
     pub fn wake(&self, key: &str) {
-        if let Some(waits) = self.keys().get(key) {
-            for wait in waits {
-                wait.notify.notify_one();
-            }
-        }
+        self.wake_where(key, |_| true);
     }
 
     /// Ends the waits on `key` of the leases `pick` chooses (say, those the
     /// release just promoted), and only those; waits without a lease are
     /// woken too. `pick` runs under this registry's lock: keep it short.
     pub fn wake_where(&self, key: &str, mut pick: impl FnMut(LeaseId) -> bool) {
-        if let Some(waits) = self.keys().get(key) {
+        if let Some(waits) = self.state().keys.get(key) {
             for wait in waits {
                 if wait.lease_id.is_none_or(&mut pick) {
+                    // Kept as a permit when nobody awaits it yet.
                     wait.notify.notify_one();
                 }
             }
         }
     }
 
-    /// How many waits on `key` are registered.
+    /// How many waits on `key` are registered or announced.
     pub fn waits(&self, key: &str) -> usize {
-        self.keys().get(key).map_or(0, Vec::len)
+        let mut state = self.state();
+        state.forget_stale(Instant::now());
+        state.keys.get(key).map_or(0, Vec::len)
     }
 }
 
@@ -182,7 +312,7 @@ mod tests {
             WaitOutcome::TimedOut
         );
         assert_eq!(wakers.waits("k"), 0);
-        assert!(wakers.keys().is_empty());
+        assert!(wakers.state().keys.is_empty());
     }
 
     #[tokio::test(start_paused = true)]
@@ -226,6 +356,62 @@ mod tests {
         // The other waits to its end.
         assert_eq!(second.await.unwrap(), WaitOutcome::TimedOut);
         assert_eq!(wakers.waits("k"), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wake_between_the_answer_and_the_wait_is_kept_for_the_announced_lease() {
+        let wakers = LocalWakers::default();
+        let (promoted, behind) = (LeaseId::random(), LeaseId::random());
+        wakers.expect_wait("k", promoted);
+        wakers.expect_wait("k", behind);
+        assert_eq!(wakers.waits("k"), 2);
+        wakers.wake_where("k", |lease_id| lease_id == promoted);
+        let max = Duration::from_secs(60);
+        let start = Instant::now();
+        assert_eq!(
+            wakers.wait_for("k", promoted, max).await,
+            WaitOutcome::Changed
+        );
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        // The wake picked one lease: the other's wait runs to its end.
+        assert_eq!(
+            wakers.wait_for("k", behind, max).await,
+            WaitOutcome::TimedOut
+        );
+        assert_eq!(wakers.waits("k"), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_announced_wait_nobody_takes_up_is_forgotten() {
+        let wakers = LocalWakers::default();
+        let (gone, refreshed) = (LeaseId::random(), LeaseId::random());
+        wakers.expect_wait("k", gone);
+        wakers.expect_wait("k", refreshed);
+        tokio::time::advance(EXPECTED_FOR / 2).await;
+        // Announced again: it counts from now.
+        wakers.expect_wait("k", refreshed);
+        assert_eq!(wakers.waits("k"), 2);
+        tokio::time::advance(EXPECTED_FOR / 2).await;
+        assert_eq!(wakers.waits("k"), 1);
+        tokio::time::advance(EXPECTED_FOR / 2).await;
+        assert_eq!(wakers.waits("k"), 0);
+        assert!(wakers.state().keys.is_empty());
+        // A wake-up now is kept for nobody.
+        wakers.wake("k");
+        assert_eq!(
+            wakers.wait_for("k", gone, Duration::from_secs(1)).await,
+            WaitOutcome::TimedOut
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn announced_waits_are_bounded() {
+        let wakers = LocalWakers::default();
+        for _ in 0..MAX_EXPECTED + 10 {
+            wakers.expect_wait("k", LeaseId::random());
+        }
+        assert_eq!(wakers.waits("k"), MAX_EXPECTED);
+        assert_eq!(wakers.state().expected.len(), MAX_EXPECTED);
     }
 
     #[tokio::test(start_paused = true)]

@@ -139,7 +139,8 @@
 //! | --- | --- | --- |
 //! | acquire, key free | 1 `UpdateItem` | condition `entries = 0` (or no item); bumps `fence`, adds the entry, returns the token |
 //! | acquire, key held, no queue | 1 `UpdateItem` (refused) | the refused condition returns the item (`ReturnValuesOnConditionCheckFailure`), which answers `Held` |
-//! | acquire, takeover or queueing | 2 `UpdateItem` | the refused fast path, then a write conditional on `fence` and `entries` unchanged (and on the expiry of each entry it removes as expired); repeated, at most 16 times, while other clients change the item |
+//! | acquire, queueing an exclusive entry | 2 `UpdateItem` | the refused fast path, then a write that takes the next sequence number from `fence` in the write itself, conditional only on the entry not being stored yet (and on the expiry of each entry it removes as expired): other clients' arrivals and releases do not refuse it, so waiters arriving together line up in the order their writes land; a third write when the entries ahead left in between and it holds on arrival (it is told so before it is answered) |
+//! | acquire, takeover or queueing a shared entry | 2 `UpdateItem` | the refused fast path, then a write conditional on `fence` and `entries` unchanged (shared entries must agree on their limit, which a read decides), and on the expiry of each entry it removes as expired; repeated, at most 16 times, while other clients change the item |
 //! | renew a held entry | 1 `UpdateItem` per entry | condition: its `x:` ahead of the renewer's clock and its `e:` starting with `H` |
 //! | renew (or poll) a waiting entry | 1 strongly consistent `GetItem`; plus 1 `UpdateItem` when it holds by now, or when less than its waiter ttl is left | a waiting entry is given up to a second more than its waiter ttl, so polls within that second only read |
 //! | release | 1 `UpdateItem` | condition: its `x:` ahead of the releaser's clock; with fencing off, a `DeleteItem` removes the item when the entry was its last |
@@ -171,7 +172,11 @@
 //! same process learns of the handoff in one request, not at its next poll
 //! (up to a second), and only it looks (moto, which answers one request at
 //! a time, fell behind when every waiter of a key looked at each release).
-//! Waiters in other processes poll.
+//! The wait exists from the moment the store answers that an entry waits
+//! ([`lock_core::LocalWakers::expect_wait`]), so a release between that
+//! answer and its owner's wait is not missed; and a released key's read in
+//! flight is not shared with the waiter it wakes, which must see the item
+//! as the release left it. Waiters in other processes poll.
 //!
 //! # Idle expiry
 //!

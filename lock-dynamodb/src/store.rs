@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
@@ -27,7 +28,7 @@ use crate::clock::{WallClock, millis_up};
 use crate::config::DynamoConfig;
 use crate::error::{Context, store_error};
 use crate::item::{
-    COUNT, EntryInfo, FENCE, IDLE_EXPIRY, KEY, KeyState, TOLD_PREFIX, entry_attribute,
+    COUNT, EntryInfo, FENCE, IDLE_EXPIRY, KEY, KeyState, TOLD_PREFIX, View, entry_attribute,
     expiry_attribute, number, seq_attribute,
 };
 use crate::table;
@@ -39,7 +40,7 @@ mod release;
 mod update;
 
 use client::build_client;
-use decide::{Decision, Written, applied_waiter_ms};
+use decide::{Decision, Written, applied_waiter_ms, queued};
 use update::Update;
 
 /// An item as the SDK gives it.
@@ -95,8 +96,10 @@ struct Inner {
     min_ttl: Duration,
     clock: Arc<dyn WallClock>,
     /// Reads of key items in flight, by key, for waiting entries' renewals
-    /// to share (see [`DynamoStore::read_shared`]).
-    reads: Mutex<HashMap<String, SharedRead>>,
+    /// to share (see [`DynamoStore::read_shared`]), each with its serial.
+    reads: Mutex<HashMap<String, (u64, SharedRead)>>,
+    /// The serial of the next shared read.
+    read_serials: AtomicU64,
     /// This process's waiters, woken by its releases that promote them.
     wakers: LocalWakers,
     /// The config as `Debug` shows it (already redacted).
@@ -186,6 +189,7 @@ impl DynamoStore {
                 min_ttl: config.min_ttl.unwrap_or(MIN_TTL).max(MIN_TTL),
                 clock: config.clock,
                 reads: Mutex::new(HashMap::new()),
+                read_serials: AtomicU64::new(0),
                 wakers: LocalWakers::default(),
                 description,
             }),
@@ -377,9 +381,8 @@ impl DynamoStore {
     }
 }
 
-#[async_trait]
-impl LeaseStore for DynamoStore {
-    async fn acquire(&self, request: AcquireRequest<'_>) -> Result<AcquireOutcome, StoreError> {
+impl DynamoStore {
+    async fn add_entry(&self, request: AcquireRequest<'_>) -> Result<AcquireOutcome, StoreError> {
         let skew_ms = self.skew_ms(request.max_clock_skew);
         self.check_request(&request, skew_ms)?;
         let mut known: Option<KeyState> = None;
@@ -440,6 +443,33 @@ impl LeaseStore for DynamoStore {
                         Written::Refused(_) => known = self.read(request.key).await?,
                     }
                 }
+                Decision::Enqueue(update) => {
+                    match self
+                        .update("acquire", request.key, update, ReturnValue::AllNew, true)
+                        .await?
+                    {
+                        Written::Applied(item) => {
+                            let state = KeyState::parse(request.key, &item)?;
+                            let view = state.view(now, skew_ms);
+                            let entry = state.find(request.lease_id).ok_or_else(|| {
+                                StoreError::corrupt(request.key, "an entry just added is missing")
+                            })?;
+                            if view.holds(request.lease_id) == Some(true) {
+                                // The entries ahead left meanwhile: it holds,
+                                // and is told so by the next attempt's write.
+                                known = Some(state);
+                                continue;
+                            }
+                            let ttl_ms = entry.expires_at.saturating_sub(now);
+                            return Ok(queued(&request, &view, entry.seq, ttl_ms, now, skew_ms));
+                        }
+                        Written::Refused(item) => {
+                            known = item
+                                .map(|item| KeyState::parse(request.key, &item))
+                                .transpose()?;
+                        }
+                    }
+                }
                 Decision::Write { update, outcome } => {
                     match self
                         .update("acquire", request.key, update, ReturnValue::None, true)
@@ -463,6 +493,20 @@ impl LeaseStore for DynamoStore {
         )
         .with_key(request.key))
     }
+}
+
+#[async_trait]
+impl LeaseStore for DynamoStore {
+    async fn acquire(&self, request: AcquireRequest<'_>) -> Result<AcquireOutcome, StoreError> {
+        let (key, lease_id) = (request.key, request.lease_id);
+        let outcome = self.add_entry(request).await?;
+        if matches!(outcome, AcquireOutcome::Queued(_)) {
+            // A release by this process from now on wakes it, even before
+            // its owner waits.
+            self.inner.wakers.expect_wait(key, lease_id);
+        }
+        Ok(outcome)
+    }
 
     async fn renew(
         &self,
@@ -478,7 +522,16 @@ impl LeaseStore for DynamoStore {
             })?;
             self.renew_one(renewal, ttl).await
         });
-        join_all(renewals).await.into_iter().collect()
+        let outcomes: Vec<RenewOutcome> = join_all(renewals)
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()?;
+        for (renewal, outcome) in leases.iter().zip(&outcomes) {
+            if matches!(outcome, RenewOutcome::Waiting { .. }) {
+                self.inner.wakers.expect_wait(renewal.key, renewal.lease_id);
+            }
+        }
+        Ok(outcomes)
     }
 
     async fn release(

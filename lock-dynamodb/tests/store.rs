@@ -238,3 +238,56 @@ async fn a_release_wakes_only_the_waiter_it_promotes() {
     let store = common::store_with(|config| config).await;
     conformance_tests::cases::same_process_release_wakes_only_the_entry_it_promotes(&store).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_before_the_wait_still_wakes_the_promoted_waiter() {
+    if let Some(reason) = skip().await {
+        eprintln!("skipped: {reason}");
+        return;
+    }
+    let store = common::store_with(|config| config).await;
+    conformance_tests::cases::a_release_before_the_wait_still_wakes_the_promoted_entry(&store)
+        .await;
+}
+
+/// Exclusive waiters arriving together each take their place in one write
+/// that the others' arrivals do not refuse: with a write conditional on
+/// the whole item, only one of them landed per round and the twentieth
+/// gave up as busy after 16 attempts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_arriving_together_all_line_up() {
+    if let Some(reason) = skip().await {
+        eprintln!("skipped: {reason}");
+        return;
+    }
+    let store = common::store_with(|config| config).await;
+    let key = unique_key("waiters_arriving_together_all_line_up");
+    let holder = store
+        .acquire(request(&key, LeaseId::random()))
+        .await
+        .expect("grant");
+    assert!(matches!(holder, AcquireOutcome::Acquired(_)), "{holder:?}");
+    let waiters = 20;
+    let outcomes = futures_util::future::join_all((0..waiters).map(|_| {
+        let store = store.clone();
+        let key = key.clone();
+        async move {
+            store
+                .acquire(request(&key, LeaseId::random()).queued(Duration::from_secs(30)))
+                .await
+        }
+    }))
+    .await;
+    let mut tokens = Vec::new();
+    for outcome in outcomes {
+        match outcome.expect("every waiter lines up") {
+            AcquireOutcome::Queued(queued) => tokens.push(queued.token),
+            other => panic!("{other:?} while the key is held"),
+        }
+    }
+    tokens.sort();
+    tokens.dedup();
+    assert_eq!(tokens.len(), waiters, "each waiter has a place of its own");
+    let info = store.inspect(&key).await.expect("inspect").expect("held");
+    assert_eq!(info.waiting, waiters);
+}

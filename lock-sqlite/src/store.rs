@@ -345,10 +345,16 @@ fn hex(bytes: &[u8]) -> String {
 impl LeaseStore for SqliteStore {
     async fn acquire(&self, request: AcquireRequest<'_>) -> Result<AcquireOutcome, StoreError> {
         for _ in 0..ATTEMPTS {
-            if let Some(outcome) = self.add(&request).await? {
-                return Ok(outcome);
-            }
-            if let Some(outcome) = self.explain(&request).await? {
+            let outcome = match self.add(&request).await? {
+                Some(outcome) => Some(outcome),
+                None => self.explain(&request).await?,
+            };
+            if let Some(outcome) = outcome {
+                if matches!(outcome, AcquireOutcome::Queued(_)) {
+                    // A release by this process from now on wakes it, even
+                    // before its owner waits.
+                    self.inner.wakers.expect_wait(request.key, request.lease_id);
+                }
                 return Ok(outcome);
             }
         }
@@ -401,10 +407,13 @@ impl LeaseStore for SqliteStore {
                     (Some((true, seq)), Some(_)) => RenewOutcome::Granted(
                         Grant::new(ttl).with_token(decode_token(entry.key, *seq)?),
                     ),
-                    (Some((false, _)), Some(wait_ttl)) => RenewOutcome::Waiting {
-                        ttl: applied(wait_ttl),
-                        retry_after: None,
-                    },
+                    (Some((false, _)), Some(wait_ttl)) => {
+                        self.inner.wakers.expect_wait(entry.key, entry.lease_id);
+                        RenewOutcome::Waiting {
+                            ttl: applied(wait_ttl),
+                            retry_after: None,
+                        }
+                    }
                 })
             })
             .collect()

@@ -1,9 +1,11 @@
 //! The case functions: each checks one contract and panics, naming what
 //! broke, when the store under test breaks it. Every case takes a
 //! [`StoreFactory`](crate::StoreFactory), uses keys of its own and can run
-//! in parallel with the others against one server; the one case outside
-//! the suite,
-//! [`same_process_release_wakes_only_the_entry_it_promotes`], takes a store.
+//! in parallel with the others against one server; the two cases outside
+//! the suite, for stores that wake their own process's waiters
+//! ([`same_process_release_wakes_only_the_entry_it_promotes`] and
+//! [`a_release_before_the_wait_still_wakes_the_promoted_entry`]), take a
+//! store.
 
 mod fair;
 mod kinds;

@@ -397,6 +397,64 @@ pub async fn same_process_release_wakes_only_the_entry_it_promotes<S: LeaseStore
     );
 }
 
+/// For the same stores: a release that comes after the store answered that
+/// an entry waits, but before its owner waits, still ends that wait at
+/// once (the store announced the wait when it answered,
+/// [`lock_core::LocalWakers::expect_wait`]): after a queueing acquisition,
+/// and after a renewal that found the entry still waiting. Without it, the
+/// promoted waiter sleeps to its next poll while the lock sits unused. Not
+/// part of [`conformance_suite!`](crate::conformance_suite); call it from
+/// the store's own tests.
+pub async fn a_release_before_the_wait_still_wakes_the_promoted_entry<S: LeaseStore>(store: &S) {
+    let ttl = 30 * short_ttl(&store.capabilities());
+    let key = unique_key("a_release_before_the_wait_still_wakes_the_promoted_entry");
+    let max = Duration::from_secs(20);
+    let (holder, _) = grant(store, &key, "holder", ttl).await;
+    let (next, _) = enqueue(store, &key, "next", ttl, ttl).await;
+    let (last, _) = enqueue(store, &key, "last", ttl, ttl).await;
+    let mut releaser = holder;
+    for (promoted, name) in [(next, "next"), (last, "last")] {
+        if name == "last" {
+            // This time the last look is a renewal that finds it waiting.
+            let outcomes = store
+                .renew(&[RenewEntry::waiting(&key, last, ttl)], ttl)
+                .await
+                .unwrap();
+            assert!(
+                matches!(outcomes[..], [RenewOutcome::Waiting { .. }]),
+                "{outcomes:?}"
+            );
+        }
+        assert_eq!(
+            store
+                .release(&key, releaser, Fencing::Enabled)
+                .await
+                .unwrap(),
+            ReleaseOutcome::Released
+        );
+        let started = Instant::now();
+        let heard = store.wait_for_grant(&key, promoted, max).await;
+        assert!(
+            matches!(heard, WaitOutcome::Changed | WaitOutcome::Granted { .. }),
+            "{name}: {heard:?}"
+        );
+        assert!(
+            started.elapsed() < max / 4,
+            "{name} slept {:?} after the release that promoted it",
+            started.elapsed()
+        );
+        let outcomes = store
+            .renew(&[RenewEntry::waiting(&key, promoted, ttl)], ttl)
+            .await
+            .unwrap();
+        assert!(
+            matches!(outcomes[..], [RenewOutcome::Granted(_)]),
+            "{name}: {outcomes:?}"
+        );
+        releaser = promoted;
+    }
+}
+
 /// A wait returns by its maximum when nothing happens, never claiming a
 /// grant.
 pub async fn wait_for_grant_returns_by_its_maximum<F: StoreFactory>(factory: &F) {

@@ -93,8 +93,8 @@ impl DynamoStore {
                 }
             } else {
                 // It waits: it lives this long yet.
-                let left = Duration::from_millis(entry.expires_at - now);
-                Decision::Answer(AcquireOutcome::Queued(Queued::new(left)))
+                let left = entry.expires_at - now;
+                Decision::Answer(queued(request, &view, entry.seq, left, now, skew_ms))
             });
         }
         // An own entry that is over by this client's clock is dead: it is
@@ -124,7 +124,6 @@ impl DynamoStore {
                 return Ok(Decision::Answer(AcquireOutcome::Held(holder)));
             }
         };
-        let seq = state.fence.saturating_add(1);
         // Every entry counted as expired is removed, and the write checks it
         // was not renewed since the read.
         let purge: Vec<(LeaseId, u64)> = view
@@ -132,6 +131,20 @@ impl DynamoStore {
             .iter()
             .map(|entry| (entry.lease_id, entry.expires_at))
             .collect();
+        if !holds && own.is_none() && request.mode == LockMode::Exclusive {
+            // An exclusive waiter takes its place whatever else changed
+            // since the read (no limit to agree on, nothing decided by the
+            // read but which expired entries go).
+            return Ok(Decision::Enqueue(self.enqueue(
+                request,
+                &purge,
+                expires_at,
+                entry_ttl_ms,
+                skew_ms,
+                now,
+            )));
+        }
+        let seq = state.fence.saturating_add(1);
         let own_stored = usize::from(own.is_some());
         let count = state.entries.len() - purge.len() - own_stored + 1;
         let outcome = if holds {
@@ -145,17 +158,7 @@ impl DynamoStore {
             }
             AcquireOutcome::Acquired(grant)
         } else {
-            let mut queued = Queued::new(Duration::from_millis(entry_ttl_ms));
-            if request.fencing.is_enabled() {
-                queued = queued.with_token(FencingToken::from(seq));
-            }
-            if let Some(holder) = view.first_holder(now) {
-                queued = queued.with_holder(holder);
-            }
-            if let Some(after) = view.retry_after(seq, now, skew_ms) {
-                queued = queued.with_retry_after(Duration::from_millis(after));
-            }
-            AcquireOutcome::Queued(queued)
+            queued(request, &view, seq, entry_ttl_ms, now, skew_ms)
         };
         let mut update = Update::default();
         let fence = update.name(FENCE);
@@ -186,6 +189,59 @@ impl DynamoStore {
         Ok(Decision::Write { update, outcome })
     }
 
+    /// Adds the waiting exclusive entry of `request` at the end of the
+    /// queue, with the next sequence number, in a write that no other
+    /// entry's arrival or departure refuses: only its own entry already
+    /// stored (an earlier attempt landed), or an entry of `purge` renewed
+    /// since the read, refuses it. The entries racing to line up are then
+    /// queued in the order their writes land, each in one write, instead
+    /// of all but one being refused and trying again.
+    pub(super) fn enqueue(
+        &self,
+        request: &AcquireRequest<'_>,
+        purge: &[(LeaseId, u64)],
+        expires_at: u64,
+        entry_ttl_ms: u64,
+        skew_ms: u64,
+        now: u64,
+    ) -> Update {
+        let mut update = Update::default();
+        let entry = update.name(&entry_attribute(request.lease_id));
+        update.condition(format!("attribute_not_exists({entry})"));
+        let fence = update.name(FENCE);
+        let zero = update.value(number(0));
+        let one = update.value(number(1));
+        // Both read the counter as it was (DynamoDB evaluates every
+        // operand against the item before the update).
+        let next = format!("if_not_exists({fence}, {zero}) + {one}");
+        let seq = update.name(&seq_attribute(request.lease_id));
+        update.set(seq, next.clone());
+        update.set(fence, next);
+        // One entry more, less the ones purged.
+        let count = update.name(COUNT);
+        let change = match purge.len() {
+            0 => format!("+ {one}"),
+            purged => format!("- {}", update.value(number(purged - 1))),
+        };
+        update.set(
+            count.clone(),
+            format!("if_not_exists({count}, {zero}) {change}"),
+        );
+        let info = update.value(new_info(request, false, entry_ttl_ms, skew_ms).value());
+        update.set(entry, info);
+        update.set_value(&expiry_attribute(request.lease_id), number(expires_at));
+        if let Some(at) = self.idle_expiry_at(now) {
+            update.set_value(IDLE_EXPIRY, number(at));
+        }
+        for &(lease_id, expires_at) in purge {
+            update.remove(&entry_attribute(lease_id));
+            update.remove(&seq_attribute(lease_id));
+            update.unchanged_expiry(lease_id, expires_at);
+            update.remove(&expiry_attribute(lease_id));
+        }
+        update
+    }
+
     /// Extends the live entry `lease_id` to `ttl_ms` from `now`, rewriting
     /// its settings to `info` when given, if it is still live by this
     /// client's clock.
@@ -210,6 +266,29 @@ impl DynamoStore {
         update.condition(format!("{expiry} > {now_value}"));
         update
     }
+}
+
+/// What a waiting entry of `request` with sequence number `seq`, alive
+/// for `ttl_ms`, is told, from `view` (the key without it).
+pub(super) fn queued(
+    request: &AcquireRequest<'_>,
+    view: &View<'_>,
+    seq: u64,
+    ttl_ms: u64,
+    now: u64,
+    skew_ms: u64,
+) -> AcquireOutcome {
+    let mut queued = Queued::new(Duration::from_millis(ttl_ms));
+    if request.fencing.is_enabled() {
+        queued = queued.with_token(FencingToken::from(seq));
+    }
+    if let Some(holder) = view.first_holder(now) {
+        queued = queued.with_holder(holder);
+    }
+    if let Some(after) = view.retry_after(seq, now, skew_ms) {
+        queued = queued.with_retry_after(Duration::from_millis(after));
+    }
+    AcquireOutcome::Queued(queued)
 }
 
 /// The settings of a new entry for `request`.
@@ -254,6 +333,10 @@ pub(super) enum Decision {
         /// Entries ahead counted as expired, with the expiry read.
         expired_ahead: Vec<(LeaseId, u64)>,
     },
+    /// Add the request's waiting entry with `update` (see
+    /// [`DynamoStore::enqueue`]); what to answer follows from the item it
+    /// leaves.
+    Enqueue(Update),
     /// Write `update` (conditional on the item being unchanged), then
     /// answer `outcome`.
     Write {

@@ -23,6 +23,9 @@ impl DynamoStore {
     /// show an older state (harmless for a waiting entry: holding only ever
     /// starts, its own expiry only grows), or not yet show an entry added
     /// just before; callers read again before concluding an entry is gone.
+    /// A release by this store ends the sharing of the key's read in flight
+    /// ([`forget_shared_read`](Self::forget_shared_read)): the waiter it
+    /// wakes must see the item the release left, not one read before.
     pub(super) async fn read_shared(
         &self,
         key: &str,
@@ -34,10 +37,11 @@ impl DynamoStore {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             match reads.get(key) {
-                Some(read) => (read.clone(), true),
+                Some((_, read)) => (read.clone(), true),
                 None => {
-                    let read = shared_read(&self.inner, key);
-                    reads.insert(key.to_owned(), read.clone());
+                    let serial = self.inner.read_serials.fetch_add(1, Ordering::Relaxed);
+                    let read = shared_read(&self.inner, key, serial);
+                    reads.insert(key.to_owned(), (serial, read.clone()));
                     (read, false)
                 }
             }
@@ -48,22 +52,34 @@ impl DynamoStore {
             shared,
         ))
     }
+
+    /// Later reads of `key` do not join the read in flight (its callers
+    /// still get it).
+    pub(super) fn forget_shared_read(&self, key: &str) {
+        self.inner
+            .reads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(key);
+    }
 }
 
 /// A read of `key`'s item that removes itself from the store's reads in
-/// flight when done. It holds the store weakly: an abandoned read does not
-/// keep a dropped store alive.
-pub(super) fn shared_read(inner: &Arc<Inner>, key: &str) -> SharedRead {
+/// flight when done (unless a later read took its place). It holds the
+/// store weakly: an abandoned read does not keep a dropped store alive.
+pub(super) fn shared_read(inner: &Arc<Inner>, key: &str, serial: u64) -> SharedRead {
     let (client, context, key) = (inner.client.clone(), inner.context.clone(), key.to_owned());
     let store: Weak<Inner> = Arc::downgrade(inner);
     async move {
         let item = get_item(client, context, key.clone()).await;
         if let Some(store) = store.upgrade() {
-            store
-                .reads
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&key);
+            let mut reads = store.reads.lock().unwrap_or_else(PoisonError::into_inner);
+            if reads
+                .get(&key)
+                .is_some_and(|(current, _)| *current == serial)
+            {
+                reads.remove(&key);
+            }
         }
         item
     }

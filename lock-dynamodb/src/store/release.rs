@@ -44,6 +44,9 @@ impl DynamoStore {
             .await?
         {
             Written::Applied(item) => {
+                // Whoever this release promotes must not read the item from
+                // before it.
+                self.forget_shared_read(key);
                 if local_waits {
                     self.wake_promoted(key, &item, now);
                 }
