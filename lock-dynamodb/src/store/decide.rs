@@ -181,10 +181,7 @@ impl DynamoStore {
             update.set_value(IDLE_EXPIRY, number(at));
         }
         for (lease_id, expires_at) in purge {
-            update.remove(&entry_attribute(lease_id));
-            update.remove(&seq_attribute(lease_id));
-            update.unchanged_expiry(lease_id, expires_at);
-            update.remove(&expiry_attribute(lease_id));
+            update.remove_expired(lease_id, expires_at);
         }
         Ok(Decision::Write { update, outcome })
     }
@@ -234,10 +231,7 @@ impl DynamoStore {
             update.set_value(IDLE_EXPIRY, number(at));
         }
         for &(lease_id, expires_at) in purge {
-            update.remove(&entry_attribute(lease_id));
-            update.remove(&seq_attribute(lease_id));
-            update.unchanged_expiry(lease_id, expires_at);
-            update.remove(&expiry_attribute(lease_id));
+            update.remove_expired(lease_id, expires_at);
         }
         update
     }

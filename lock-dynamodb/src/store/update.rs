@@ -63,6 +63,15 @@ impl Update {
         self.and_condition(format!("{expiry} = {seen}"));
     }
 
+    /// Removes the entry `lease_id`, counted as expired at `expires_at`,
+    /// if its expiry is still that (see [`unchanged_expiry`](Self::unchanged_expiry)).
+    pub(super) fn remove_expired(&mut self, lease_id: LeaseId, expires_at: u64) {
+        self.remove(&entry_attribute(lease_id));
+        self.remove(&seq_attribute(lease_id));
+        self.unchanged_expiry(lease_id, expires_at);
+        self.remove(&expiry_attribute(lease_id));
+    }
+
     pub(super) fn and_condition(&mut self, condition: String) {
         self.condition = Some(match self.condition.take() {
             Some(first) => format!("({first}) AND ({condition})"),
