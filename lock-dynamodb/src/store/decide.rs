@@ -263,7 +263,8 @@ impl DynamoStore {
 }
 
 /// What a waiting entry of `request` with sequence number `seq`, alive
-/// for `ttl_ms`, is told, from `view` (the key without it).
+/// for `ttl_ms`, is told, from `view` (with or without the entry itself:
+/// only the entries ahead of it and the holders count).
 pub(super) fn queued(
     request: &AcquireRequest<'_>,
     view: &View<'_>,
