@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::{LeaseId, WaitOutcome};
+use crate::{AcquireOutcome, LeaseId, RenewEntry, RenewOutcome, WaitOutcome};
 
 /// How long a wait announced by [`LocalWakers::expect_wait`] keeps a
 /// wake-up for its lease when no [`LocalWakers::wait_for`] comes: a
@@ -232,6 +232,25 @@ impl LocalWakers {
             announced: Some(now),
         });
         state.expected.push_back((now, key.to_owned(), serial));
+    }
+
+    /// [`expect_wait`](Self::expect_wait) for an acquisition the store
+    /// answered with [`AcquireOutcome::Queued`]; nothing for other answers.
+    pub fn expect_if_queued(&self, key: &str, lease_id: LeaseId, outcome: &AcquireOutcome) {
+        if matches!(outcome, AcquireOutcome::Queued(_)) {
+            self.expect_wait(key, lease_id);
+        }
+    }
+
+    /// [`expect_wait`](Self::expect_wait) for every entry of a renewal
+    /// batch the store answered with [`RenewOutcome::Waiting`] (`outcomes`
+    /// in the order of `leases`).
+    pub fn expect_if_waiting(&self, leases: &[RenewEntry<'_>], outcomes: &[RenewOutcome]) {
+        for (lease, outcome) in leases.iter().zip(outcomes) {
+            if matches!(outcome, RenewOutcome::Waiting { .. }) {
+                self.expect_wait(lease.key, lease.lease_id);
+            }
+        }
     }
 
     async fn wait_inner(&self, key: &str, lease_id: Option<LeaseId>, max: Duration) -> WaitOutcome {

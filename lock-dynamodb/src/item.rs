@@ -279,6 +279,18 @@ impl KeyState {
         })
     }
 
+    /// Reads the item a refused write returned, if any.
+    ///
+    /// # Errors
+    ///
+    /// As [`parse`](Self::parse).
+    pub(crate) fn parse_refused(
+        key: &str,
+        item: Option<HashMap<String, AttributeValue>>,
+    ) -> Result<Option<Self>, StoreError> {
+        item.map(|item| Self::parse(key, &item)).transpose()
+    }
+
     /// The entry of `lease_id`, if stored.
     pub(crate) fn find(&self, lease_id: LeaseId) -> Option<&Entry> {
         self.entries.iter().find(|entry| entry.lease_id == lease_id)

@@ -409,9 +409,7 @@ impl DynamoStore {
                         return Ok(AcquireOutcome::Acquired(grant));
                     }
                     Written::Refused(item) => {
-                        known = item
-                            .map(|item| KeyState::parse(request.key, &item))
-                            .transpose()?;
+                        known = KeyState::parse_refused(request.key, item)?;
                         continue;
                     }
                 }
@@ -464,9 +462,7 @@ impl DynamoStore {
                             return Ok(queued(&request, &view, entry.seq, ttl_ms, now, skew_ms));
                         }
                         Written::Refused(item) => {
-                            known = item
-                                .map(|item| KeyState::parse(request.key, &item))
-                                .transpose()?;
+                            known = KeyState::parse_refused(request.key, item)?;
                         }
                     }
                 }
@@ -477,9 +473,7 @@ impl DynamoStore {
                     {
                         Written::Applied(_) => return Ok(outcome),
                         Written::Refused(item) => {
-                            known = item
-                                .map(|item| KeyState::parse(request.key, &item))
-                                .transpose()?;
+                            known = KeyState::parse_refused(request.key, item)?;
                         }
                     }
                 }
@@ -500,11 +494,9 @@ impl LeaseStore for DynamoStore {
     async fn acquire(&self, request: AcquireRequest<'_>) -> Result<AcquireOutcome, StoreError> {
         let (key, lease_id) = (request.key, request.lease_id);
         let outcome = self.add_entry(request).await?;
-        if matches!(outcome, AcquireOutcome::Queued(_)) {
-            // A release by this process from now on wakes it, even before
-            // its owner waits.
-            self.inner.wakers.expect_wait(key, lease_id);
-        }
+        // A release by this process from now on wakes it, even before its
+        // owner waits.
+        self.inner.wakers.expect_if_queued(key, lease_id, &outcome);
         Ok(outcome)
     }
 
@@ -526,11 +518,7 @@ impl LeaseStore for DynamoStore {
             .await
             .into_iter()
             .collect::<Result<_, _>>()?;
-        for (renewal, outcome) in leases.iter().zip(&outcomes) {
-            if matches!(outcome, RenewOutcome::Waiting { .. }) {
-                self.inner.wakers.expect_wait(renewal.key, renewal.lease_id);
-            }
-        }
+        self.inner.wakers.expect_if_waiting(leases, &outcomes);
         Ok(outcomes)
     }
 

@@ -350,11 +350,11 @@ impl LeaseStore for SqliteStore {
                 None => self.explain(&request).await?,
             };
             if let Some(outcome) = outcome {
-                if matches!(outcome, AcquireOutcome::Queued(_)) {
-                    // A release by this process from now on wakes it, even
-                    // before its owner waits.
-                    self.inner.wakers.expect_wait(request.key, request.lease_id);
-                }
+                // A release by this process from now on wakes it, even
+                // before its owner waits.
+                self.inner
+                    .wakers
+                    .expect_if_queued(request.key, request.lease_id, &outcome);
                 return Ok(outcome);
             }
         }
@@ -397,7 +397,7 @@ impl LeaseStore for SqliteStore {
             .map(|(key, lease, holding, seq)| ((key, lease), (holding, seq)))
             .collect();
         let ttl = applied(ttl);
-        leases
+        let outcomes = leases
             .iter()
             .map(|entry| {
                 let pair = (entry.key.to_owned(), entry.lease_id.to_bytes().to_vec());
@@ -407,16 +407,17 @@ impl LeaseStore for SqliteStore {
                     (Some((true, seq)), Some(_)) => RenewOutcome::Granted(
                         Grant::new(ttl).with_token(decode_token(entry.key, *seq)?),
                     ),
-                    (Some((false, _)), Some(wait_ttl)) => {
-                        self.inner.wakers.expect_wait(entry.key, entry.lease_id);
-                        RenewOutcome::Waiting {
-                            ttl: applied(wait_ttl),
-                            retry_after: None,
-                        }
-                    }
+                    (Some((false, _)), Some(wait_ttl)) => RenewOutcome::Waiting {
+                        ttl: applied(wait_ttl),
+                        retry_after: None,
+                    },
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        // A release by this process from now on wakes the waiting ones,
+        // even before their owners wait.
+        self.inner.wakers.expect_if_waiting(leases, &outcomes);
+        Ok(outcomes)
     }
 
     async fn release(

@@ -61,6 +61,7 @@ macro_rules! __for_each_case {
             queue_released_waiter_leaves_no_entry: Fencing,
             queue_waiting_entries_renew_in_the_holders_batch: Nothing,
             queue_retried_request_adds_no_second_entry: Nothing,
+            queue_waiters_arriving_together_all_line_up: Nothing,
             queue_refuses_a_limit_mismatch: Nothing,
             wait_for_grant_hears_the_handoff: NativeWait,
             wait_for_grant_returns_by_its_maximum: Nothing,

@@ -273,6 +273,34 @@ pub async fn queue_retried_request_adds_no_second_entry<F: StoreFactory>(factory
     assert_eq!(info.waiting, 1, "{info:?}");
 }
 
+/// Waiters arriving together all line up, each in a place of its own: no
+/// request fails because the others changed the key meanwhile (a store
+/// that retried a refused write a bounded number of times gave up as busy
+/// here), and none is lost or counted twice.
+pub async fn queue_waiters_arriving_together_all_line_up<F: StoreFactory>(factory: &F) {
+    const WAITERS: usize = 20;
+    let store = factory.connect().await;
+    let ttl = 30 * short_ttl(&store.capabilities());
+    let key = unique_key("queue_waiters_arriving_together_all_line_up");
+    grant(&store, &key, "holder", ttl).await;
+    let outcomes = futures_util::future::join_all((0..WAITERS).map(|_| {
+        let request = AcquireRequest::new(&key, "waiter", LeaseId::random(), ttl).queued(ttl);
+        store.acquire(request)
+    }))
+    .await;
+    let mut tokens = Vec::new();
+    for outcome in outcomes {
+        let outcome = outcome.unwrap_or_else(|error| panic!("a waiter did not line up: {error}"));
+        tokens.extend(queued(outcome).token);
+    }
+    let minted = tokens.len();
+    tokens.sort();
+    tokens.dedup();
+    assert_eq!(tokens.len(), minted, "two waiters share a place");
+    let info = store.inspect(&key).await.unwrap().expect("known key");
+    assert_eq!(info.waiting, WAITERS, "{info:?}");
+}
+
 /// Shared requests with another limit than the key's live shared entries
 /// are refused, naming the limit in use, queued or not; exclusive requests
 /// ignore the limit; once no shared entry lives, any limit goes.
